@@ -1,0 +1,9 @@
+"""CLI commands: training (placeholder until its feature lands)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `sop-bot` app."""

@@ -1,0 +1,241 @@
+"""Every database table of SOP Bot, in one place.
+
+The schema is managed by Alembic (`migrations/`); after changing a table here run
+`python scripts/regen_migration.py` while the first release is unreleased.
+
+Uniqueness that protects data (one example per SOP text, one example per Slack message, one
+active run, one active model, one reply per Slack event) lives in constraints, so several bot
+instances on one PostgreSQL cannot race past it with read-then-write.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Timezone-aware UTC now; every timestamp in the database is UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores UTC and always hands back aware datetimes, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ExampleStatus:
+    APPROVED = "approved"
+    RETRACTED = "retracted"
+
+
+class TrainingExample(SQLModel, table=True):
+    """An approved SOP: the prompt a user would type and the canonical SOP text."""
+
+    __tablename__ = "training_example"
+    __table_args__ = (UniqueConstraint("slack_channel", "slack_ts", name="uq_example_slack_msg"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt: str = Field(sa_column=Column(Text, nullable=False))
+    sop_text: str = Field(sa_column=Column(Text, nullable=False))
+    title: str = ""
+    content_hash: str = Field(unique=True, index=True, max_length=64)
+    source: str = Field(default="slack", max_length=20)  # slack | import | generation
+    source_path: str | None = None
+    slack_channel: str | None = Field(default=None, max_length=32)
+    slack_ts: str | None = Field(default=None, max_length=32)
+    generation_id: int | None = Field(default=None, foreign_key="generation.id")
+    author: str | None = None
+    approver: str | None = None
+    approved_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    status: str = Field(default=ExampleStatus.APPROVED, index=True, max_length=20)
+    retracted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    retracted_by: str | None = None
+    token_count: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Generation(SQLModel, table=True):
+    """One SOP draft request and what came of it (kept for cost, audit and approvals)."""
+
+    __tablename__ = "generation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    requester: str | None = None
+    model: str | None = None
+    mode: str | None = Field(default=None, max_length=20)  # fine_tuned | retrieval
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int | None = None
+    repair_rounds: int = 0
+    compliant: bool | None = None
+    findings: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    retrieved_example_ids: list = Field(default_factory=list, sa_column=Column(JSON))
+    draft_text: str | None = Field(default=None, sa_column=Column(Text))
+    status: str = Field(default="pending", index=True, max_length=20)
+    # pending | streaming | completed | failed | rejected
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    slack_channel: str | None = Field(default=None, max_length=32, index=True)
+    slack_thread_ts: str | None = Field(default=None, max_length=32)
+    slack_ts: str | None = Field(default=None, max_length=32, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DatasetSnapshot(SQLModel, table=True):
+    """A versioned, portable JSONL export: what a training run was (or could be) made from."""
+
+    __tablename__ = "dataset_snapshot"
+
+    id: int | None = Field(default=None, primary_key=True)
+    content_hash: str = Field(unique=True, index=True, max_length=64)
+    example_ids: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    train_example_ids: list = Field(default_factory=list, sa_column=Column(JSON))
+    validation_example_ids: list = Field(default_factory=list, sa_column=Column(JSON))
+    n_train: int = 0
+    n_validation: int = 0
+    token_count: int = 0
+    estimated_epochs: int = 0
+    estimated_cost_usd: float = 0.0
+    system_prompt: str = Field(default="", sa_column=Column(Text))
+    train_path: str | None = None
+    validation_path: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RunState:
+    PREPARING = "preparing"
+    UPLOADING = "uploading"
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EVALUATING = "evaluating"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+    ACTIVE = (PREPARING, UPLOADING, VALIDATING_FILES, QUEUED, RUNNING, SUCCEEDED, EVALUATING)
+    TERMINAL = (FAILED, CANCELLED, PROMOTED, REJECTED)
+
+
+class TrainingRun(SQLModel, table=True):
+    """A fine-tuning run as a state machine; every transition is committed before it is used.
+
+    `active_lock` is "active" while the run is not terminal and NULL afterwards: the unique
+    constraint makes "at most one active run" a database fact across instances.
+    """
+
+    __tablename__ = "training_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: int = Field(foreign_key="dataset_snapshot.id", index=True)
+    backend: str = Field(default="openai", max_length=20)
+    state: str = Field(default=RunState.PREPARING, index=True, max_length=20)
+    active_lock: str | None = Field(default="active", unique=True, max_length=10)
+    trigger: str = Field(default="schedule", max_length=20)  # schedule | manual | cli
+    requested_by: str | None = None
+    base_model: str = ""
+    provider_job_id: str | None = Field(default=None, index=True)
+    train_file_id: str | None = None
+    validation_file_id: str | None = None
+    fine_tuned_model: str | None = None
+    hyperparameters: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    estimated_cost_usd: float = 0.0
+    trained_tokens: int | None = None
+    error_code: str | None = None
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    eval_scores: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    chart_path: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class TrainingEvent(SQLModel, table=True):
+    """Provider events and metrics (loss by step), stored for status and charts."""
+
+    __tablename__ = "training_event"
+    __table_args__ = (UniqueConstraint("run_id", "provider_event_id", name="uq_event_per_run"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="training_run.id", index=True)
+    provider_event_id: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    level: str = "info"
+    kind: str = "message"  # message | metrics
+    message: str = Field(default="", sa_column=Column(Text))
+    step: int | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+
+
+class ModelVersion(SQLModel, table=True):
+    """A usable model; exactly one is active (unique `active_lock`), the rest is history."""
+
+    __tablename__ = "model_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: str = Field(index=True)
+    backend: str = Field(default="openai", max_length=20)
+    base_model: str = ""
+    run_id: int | None = Field(default=None, foreign_key="training_run.id")
+    status: str = Field(default="candidate", max_length=20)
+    # candidate | active | previous | rejected | retired
+    active_lock: str | None = Field(default=None, unique=True, max_length=10)
+    eval_scores: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    activated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    deactivated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only log of state changes that matter; the code has no update or delete path."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True, sa_type=UTCDateTime)
+    actor: str
+    action: str = Field(index=True, max_length=40)
+    subject: str
+    old_value: str | None = Field(default=None, sa_column=Column(Text))
+    new_value: str | None = Field(default=None, sa_column=Column(Text))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Idempotency keys: a Slack event or action handled once, whichever instance got it."""
+
+    __tablename__ = "processed_event"
+
+    key: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SchedulerLease(SQLModel, table=True):
+    """A named lease so that one scheduler among several instances acts at a time."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: str = Field(primary_key=True, max_length=50)
+    holder: str = Field(max_length=200)
+    expires_at: datetime = Field(sa_type=UTCDateTime)

@@ -1,0 +1,209 @@
+"""SOP Bot settings: one pydantic-settings object, built once at start-up and passed in.
+
+Every field here is documented in `.env.example` (a test keeps the two in step). Values come
+from the environment first, then from `.env`. A wrong value stops start-up with a sentence that
+names the variable, because a half-configured bot in a regulated plant is worse than none.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+AutoOrNumber = str  # "auto" or a number; checked by _auto_or_number
+
+
+class SettingsError(ValueError):
+    """A configuration problem, phrased for the person who runs the bot."""
+
+
+def _split_list(value: object) -> object:
+    """Accept "a, b,c" (what people write in .env) as well as real lists."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration of SOP Bot. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- core -------------------------------------------------------------------------
+    database_url: str = "sqlite:///sop_bot.db"
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- model provider (OpenAI or any OpenAI-compatible endpoint) ---------------------
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_timeout_seconds: float = Field(60.0, gt=0)
+    provider_max_retries: int = Field(5, ge=0, le=20)
+    sop_base_model: str = "gpt-4o-mini-2024-07-18"
+    sop_system_prompt: str = (
+        "You are a Quality analyst who writes Standard Operating Procedures (SOPs)."
+    )
+    sop_template: Path | None = None
+
+    # --- generation ------------------------------------------------------------------
+    sop_max_request_chars: int = Field(2000, ge=20)
+    sop_generation_timeout_seconds: float = Field(120.0, gt=0)
+    sop_repair_rounds: int = Field(1, ge=0, le=3)
+    sop_max_output_tokens: int = Field(2500, ge=100)
+    sop_temperature: float = Field(0.2, ge=0, le=2)
+    sop_retrieval_k: int = Field(3, ge=0, le=20)
+    sop_retrieval_token_budget: int = Field(6000, ge=0)
+    sop_redact_patterns: CommaList = Field(default_factory=list)
+
+    # --- dataset ---------------------------------------------------------------------
+    sop_max_example_tokens: int = Field(65536, ge=256)
+    sop_min_examples: int = Field(10, ge=1)
+    validation_share: float = Field(0.1, ge=0, lt=0.5)
+    split_seed: int = 42
+    training_price_per_1m_tokens: float = Field(3.0, ge=0)
+
+    # --- fine-tuning -------------------------------------------------------------------
+    training_backend: Literal["openai", "azure", "local", "none"] = "openai"
+    fine_tune_epochs: AutoOrNumber = "auto"
+    fine_tune_batch_size: AutoOrNumber = "auto"
+    fine_tune_learning_rate_multiplier: AutoOrNumber = "auto"
+    fine_tune_seed: int | None = 42
+    fine_tune_suffix: str = "sop-bot"
+    max_training_cost_usd: float = Field(25.0, ge=0)
+    fine_tune_cutoff_date: date = date(2027, 1, 6)
+    base_model_shutdown_date: date = date(2027, 1, 14)
+    deprecation_warning_days: int = Field(30, ge=0)
+
+    # --- Azure OpenAI ----------------------------------------------------------------
+    azure_openai_endpoint: str | None = None
+    azure_openai_api_key: SecretStr | None = None
+    azure_openai_api_version: str = "2025-04-01-preview"
+    azure_openai_deployment: str | None = None
+
+    # --- open-weights LoRA backend ------------------------------------------------------
+    local_base_model: str | None = None
+    local_model_dir: Path = Path("data/models")
+    local_lora_rank: int = Field(8, ge=1)
+    local_max_steps: int = Field(200, ge=1)
+
+    # --- retraining schedule -------------------------------------------------------------
+    scheduler_enabled: bool = True
+    retrain_check_minutes: int = Field(60, ge=1)
+    retrain_min_new_examples: int = Field(10, ge=1)
+    training_poll_seconds: int = Field(60, ge=5)
+    scheduler_lease_seconds: int = Field(120, ge=10)
+
+    # --- evaluation gate ---------------------------------------------------------------
+    eval_share: float = Field(0.1, ge=0, lt=0.5)
+    eval_seed: int = 7
+    eval_tolerance: float = Field(0.02, ge=0, le=1)
+    eval_prompts_file: Path | None = None
+    eval_max_prompts: int = Field(10, ge=1)
+
+    # --- Slack -------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    port: int = Field(3000, ge=1, le=65535)
+    sop_approvers: CommaList = Field(default_factory=list)
+    sop_admins: CommaList = Field(default_factory=list)
+    sop_approval_emoji: CommaList = Field(default_factory=lambda: ["white_check_mark"])
+    sop_watched_channels: CommaList = Field(default_factory=list)
+    sop_admin_channel: str | None = None
+    slack_update_interval_seconds: float = Field(1.0, ge=0)
+
+    @field_validator(
+        "sop_redact_patterns",
+        "sop_approvers",
+        "sop_admins",
+        "sop_approval_emoji",
+        "sop_watched_channels",
+        mode="before",
+    )
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("sop_approval_emoji")
+    @classmethod
+    def _emoji_names(cls, value: list[str]) -> list[str]:
+        return [item.strip(":") for item in value]
+
+    @field_validator(
+        "fine_tune_epochs", "fine_tune_batch_size", "fine_tune_learning_rate_multiplier"
+    )
+    @classmethod
+    def _auto_or_number(cls, value: str) -> str:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return text
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError("must be 'auto' or a positive number") from None
+        if number <= 0:
+            raise ValueError("must be 'auto' or a positive number")
+        return text
+
+    @field_validator("fine_tune_suffix")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        cleaned = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:40]
+        return cleaned or "sop-bot"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        if value.startswith("postgres://") or value.startswith("postgresql://"):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("sop_redact_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if pattern in ("email", "phone"):
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
+    # --- helpers -----------------------------------------------------------------------
+    @property
+    def snapshots_dir(self) -> Path:
+        """Where dataset snapshots (portable JSONL) are written."""
+        return self.data_dir / "snapshots"
+
+    def secret(self, name: str) -> str | None:
+        """Plain value of a secret setting, or None; keeps SecretStr out of call sites."""
+        value = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
+
+
+def _describe(error: dict) -> str:
+    name = str(error["loc"][0]).upper() if error.get("loc") else "a setting"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
+    reason = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+    return f"{name} is not valid{shown}: {reason}. Fix it in the environment or in .env."
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """Build the one Settings object, turning validation errors into readable sentences."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise SettingsError(" ".join(_describe(e) for e in exc.errors())) from None

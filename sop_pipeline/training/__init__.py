@@ -1,0 +1,1 @@
+"""Fine-tuning: pluggable backends, the run lifecycle and the retrain scheduler."""

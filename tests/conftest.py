@@ -1,0 +1,119 @@
+"""Shared fixtures: a real database per test (SQLite file, or PostgreSQL when asked), settings
+pointing at loopback fakes, and the service container.
+
+`SOP_TEST_DATABASE=postgres` runs the whole suite on the local PostgreSQL (127.0.0.1:5432),
+one fresh database per test; the default is a fresh SQLite file per test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sop_pipeline.notifications import RecordingNotifier
+from sop_pipeline.services import Services, build_services
+from sop_pipeline.settings import Settings, load_settings
+
+PG_ADMIN_URL = os.environ.get(
+    "SOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def _pg_available() -> str | None:
+    """None when PostgreSQL answers, else the reason to show in the skip message."""
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not here"
+        return f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({type(exc).__name__})"
+
+
+@pytest.fixture(scope="session")
+def pg_reason() -> str | None:
+    return _pg_available()
+
+
+def _fresh_pg_database() -> tuple[str, callable]:
+    name = f"sopbot_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture
+def pg_url(pg_reason: str | None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (for multi-instance tests); skipped if none runs."""
+    if pg_reason:
+        pytest.skip(pg_reason)
+    url, drop = _fresh_pg_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, pg_reason: str | None) -> Iterator[str]:
+    """The database the test runs on: SQLite file by default, PostgreSQL on request."""
+    if os.environ.get("SOP_TEST_DATABASE", "sqlite") == "postgres":
+        if pg_reason:
+            pytest.skip(pg_reason)
+        url, drop = _fresh_pg_database()
+        yield url
+        drop()
+    else:
+        yield f"sqlite:///{tmp_path / 'sop_bot.db'}"
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[object]:
+    """A stateful fake OpenAI API on 127.0.0.1, validated against the official spec."""
+    from tests.fakes.openai_fake import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    """Settings for tests: never read the developer's .env, never reach the internet."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "openai_api_key": "sk-test-key",
+        "openai_timeout_seconds": 5,
+        "slack_api_url": "http://127.0.0.1:9/api/",
+    }
+    values.update(overrides)
+    return load_settings(env_file=None, **values)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, fake_openai) -> Settings:  # noqa: ANN001
+    return make_settings(database_url, tmp_path / "data", openai_base_url=fake_openai.base_url)
+
+
+@pytest.fixture
+def notifier() -> RecordingNotifier:
+    return RecordingNotifier()
+
+
+@pytest.fixture
+def services(settings: Settings, notifier: RecordingNotifier) -> Iterator[Services]:
+    svc = build_services(settings, notifier=notifier)
+    yield svc
+    svc.engine.dispose()

@@ -1,0 +1,72 @@
+"""The schema is Alembic's, matches the tables in models.py, and upgrades safely."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, select
+
+from sop_pipeline import audit, db
+from sop_pipeline.models import AuditEvent, ModelVersion, TrainingExample
+
+
+def test_upgrade_creates_exactly_the_model_tables(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == [], f"models.py and the migrations disagree: {diff}"
+    assert db.current_revision(engine) == "0001"
+
+
+def test_upgrade_is_safe_to_run_twice(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0001"
+
+
+def test_two_processes_upgrading_at_once_both_succeed(pg_url: str) -> None:
+    code = "from sop_pipeline import db; db.upgrade(db.make_engine(%r))" % pg_url
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert db.current_revision(db.make_engine(pg_url)) == "0001"
+
+
+def test_times_come_back_as_utc(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    with Session(engine) as session:
+        audit.record(session, actor="U1", action="approve", subject="example:1")
+        session.commit()
+        event = session.exec(select(AuditEvent)).one()
+    assert event.at.tzinfo is not None
+    assert event.at.utcoffset() == UTC.utcoffset(datetime.now(UTC))
+
+
+def test_one_example_per_sop_text_is_a_database_rule(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    with Session(engine) as session:
+        session.add(TrainingExample(prompt="p", sop_text="t", content_hash="h" * 64))
+        session.commit()
+        session.add(TrainingExample(prompt="p2", sop_text="t", content_hash="h" * 64))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_only_one_model_can_be_active(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    with Session(engine) as session:
+        session.add(ModelVersion(model_id="ft:a", active_lock="active"))
+        session.commit()
+        session.add(ModelVersion(model_id="ft:b", active_lock="active"))
+        with pytest.raises(IntegrityError):
+            session.commit()

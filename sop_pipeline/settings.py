@@ -178,7 +178,8 @@ class Settings(BaseSettings):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+                message = f"pattern {pattern!r} is not a valid regular expression: {exc}"
+                raise ValueError(message) from None
         return value
 
     # --- helpers -----------------------------------------------------------------------

@@ -82,11 +82,15 @@ def database_url(tmp_path: Path, pg_reason: str | None) -> Iterator[str]:
 
 @pytest.fixture
 def fake_openai() -> Iterator[object]:
-    """A stateful fake OpenAI API on 127.0.0.1, validated against the official spec."""
+    """A stateful fake OpenAI API on 127.0.0.1; every request and response it saw must match
+    the official OpenAPI document (tests that send bad requests on purpose switch this off with
+    `fake.check_contract_on_exit = False`)."""
     from tests.fakes.openai_fake import FakeOpenAI
 
     with FakeOpenAI() as fake:
         yield fake
+        if fake.check_contract_on_exit:
+            fake.assert_contract_ok()
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:

@@ -1,0 +1,133 @@
+"""Turning pasted text (Slack mrkdwn, Markdown, Word copy-paste) into clean lines.
+
+People paste SOPs from everywhere; the parser should only ever see plain words, so this
+module strips decoration and odd characters while remembering what looked like a heading.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+_LINE_BREAKS = str.maketrans(
+    {"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x0b": "\n", "\x0c": "\n", "\x85": "\n"}
+)
+_MD_HEADING = re.compile(r"^#{1,6}(?:\s+|$)")
+_QUOTE = re.compile(r"^(?:>\s?)+")
+# Spans are bounded so that a line full of unmatched "*" costs linear, not quadratic, time.
+_WHOLE_BOLD = re.compile(r"^(\*\*|__|\*|_)(?=\S)(.{1,300}?)(?<=\S)\1\s*[:：]?\s*$")
+_FENCE = re.compile(r"^```")
+_SLACK_REF = re.compile(r"<([@#!])([^<>|\s]{1,100})(?:\|([^<>]{0,300}))?>")
+_SLACK_LINK = re.compile(
+    r"<((?:https?|mailto|ftp|tel|slack):[^<>|\s]{0,2000})(?:\|([^<>]{0,300}))?>"
+)
+_MD_LINK = re.compile(r"\[([^\]\n]{1,300})\]\(([^()\s]{1,2000})\)")
+_ENTITIES = {"&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&apos;": "'", "&nbsp;": " "}
+_DECORATIONS = [
+    re.compile(r"```([^`]{1,2000}?)```"),
+    re.compile(r"`([^`]{1,500})`"),
+    re.compile(r"(?<![\w*])\*\*(?=\S)([^*]{1,300}?)(?<=\S)\*\*(?![\w*])"),
+    re.compile(r"(?<![\w_])__(?=\S)([^_]{1,300}?)(?<=\S)__(?![\w_])"),
+    re.compile(r"(?<![\w~])~~(?=\S)([^~]{1,300}?)(?<=\S)~~(?![\w~])"),
+    re.compile(r"(?<![\w*])\*(?=\S)([^*]{1,300}?)(?<=\S)\*(?![\w*])"),
+    re.compile(r"(?<![\w_])_(?=\S)([^_]{1,300}?)(?<=\S)_(?![\w_])"),
+    re.compile(r"(?<![\w~])~(?=\S)([^~]{1,300}?)(?<=\S)~(?![\w~])"),
+]
+_SPACES = re.compile(r"\s+")
+_MAX_PASSES = 6
+
+
+@dataclass(frozen=True)
+class Line:
+    """A cleaned line: `indent` counts leading spaces, `marked` means it looked like a heading
+    (Markdown `#` or wrapped entirely in bold)."""
+
+    text: str
+    indent: int = 0
+    marked: bool = False
+    hashes: int = 0
+
+
+def normalize_chars(text: str) -> str:
+    """Unify line breaks and spaces, drop invisible characters; NFC but not NFKC, so that
+    "m²" and "µL" survive."""
+    text = text.replace("\r\n", "\n").translate(_LINE_BREAKS)
+    out: list[str] = []
+    for ch in text:
+        if ch == "\n":
+            out.append(ch)
+        elif ch == "\t":
+            out.append("    ")
+        else:
+            category = unicodedata.category(ch)
+            if category == "Zs":
+                out.append(" ")
+            elif category not in ("Cc", "Cf", "Cs"):
+                out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
+def clean_inline(text: str) -> str:
+    """Remove Slack/Markdown decoration and entities until nothing changes (so cleaning twice
+    equals cleaning once), then collapse whitespace."""
+    for _ in range(_MAX_PASSES):
+        cleaned = _clean_once(text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return _SPACES.sub(" ", text).strip()
+
+
+def _clean_once(text: str) -> str:
+    text = _SLACK_REF.sub(_slack_ref, text)
+    text = _SLACK_LINK.sub(lambda m: m.group(2) or m.group(1), text)
+    text = _MD_LINK.sub(r"\1", text)
+    for entity, char in _ENTITIES.items():
+        text = text.replace(entity, char)
+    text = text.replace("&amp;", "&")
+    for pattern in _DECORATIONS:
+        text = pattern.sub(r"\1", text)
+    return normalize_chars(text) if "\xa0" in text else text
+
+
+def _slack_ref(match: re.Match[str]) -> str:
+    sigil, ident, label = match.group(1), match.group(2), match.group(3)
+    if label:
+        return label if label[:1] in "@#" else ("#" if sigil == "#" else "@") + label
+    return ("#" if sigil == "#" else "@") + ident
+
+
+def split_lines(text: str) -> list[Line]:
+    """Clean every line of a pasted SOP; drop blank, fence and punctuation-only lines."""
+    lines: list[Line] = []
+    for raw in normalize_chars(text).split("\n"):
+        line = _clean_line(raw)
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+def _clean_line(raw: str) -> Line | None:
+    indent = len(raw) - len(raw.lstrip())
+    text = raw.strip()
+    marked = False
+    hashes = 0
+    for _ in range(_MAX_PASSES):  # "*## Heading*" needs two rounds
+        before = text
+        if _FENCE.match(text):
+            text = text.strip("`").strip()
+        text = _QUOTE.sub("", text).strip()
+        heading = _MD_HEADING.match(text)
+        if heading:
+            hashes = hashes or len(heading.group().strip())
+            text = text[heading.end() :].rstrip("#").strip()
+            marked = True
+        if _WHOLE_BOLD.match(text):
+            marked = True
+        text = clean_inline(text)
+        if text == before:
+            break
+    if not any(ch.isalnum() for ch in text):
+        return None  # rules, "---", "..." and stray bullets carry nothing
+    return Line(text=text, indent=indent, marked=marked, hashes=hashes)

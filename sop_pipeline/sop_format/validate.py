@@ -1,0 +1,383 @@
+"""Checking a parsed SOP against the template, with findings a QA reviewer can act on.
+
+Every finding says where the problem is and what to change, because the messages go
+straight into Slack threads for people who never see this code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from .model import SOP, Section
+from .parse import split_definition
+from .render import render_canonical
+from .template import SectionSpec, Template
+
+Severity = Literal["error", "warning"]
+
+_DEFINED_IN_PARENS = re.compile(r"\(([A-Z][A-Za-z0-9]{1,9})\)")
+_ROMAN = re.compile(r"^(?:X{0,3})(?:IX|IV|V?I{0,3})$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem. `section` is the template key it concerns, when there is one."""
+
+    code: str
+    severity: Severity
+    message: str
+    section: str | None = None
+
+
+def validate(
+    sop: SOP,
+    template: Template,
+    *,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> list[Finding]:
+    """All findings for an SOP, errors and warnings, in reading order of the checks."""
+    findings: list[Finding] = []
+    findings += _check_title(sop, template)
+    findings += _check_preamble(sop)
+    findings += _check_presence(sop, template)
+    findings += _check_order(sop, template)
+    findings += _check_section_numbers(sop, template)
+    for section in sop.sections:
+        findings += _check_section(section, template)
+    findings += _check_abbreviations(sop, template)
+    if max_tokens is not None and count_tokens is not None:
+        findings += _check_tokens(sop, template, max_tokens, count_tokens)
+    return findings
+
+
+def is_compliant(findings: Iterable[Finding]) -> bool:
+    """Compliant means no errors; warnings are advice."""
+    return not any(f.severity == "error" for f in findings)
+
+
+def summarize(findings: Iterable[Finding]) -> str:
+    """A short plain-text report: a verdict line, then one line per finding."""
+    findings = list(findings)
+    if not findings:
+        return "The SOP follows the house format."
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    verdict = "The SOP does not follow the house format" if errors else "The SOP is compliant"
+    counts = f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+    lines = [f"{verdict} ({counts})."]
+    lines += [f"- [{f.severity}] {f.message}" for f in findings]
+    return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _error(code: str, message: str, section: str | None = None) -> Finding:
+    return Finding(code, "error", message, section)
+
+
+def _warning(code: str, message: str, section: str | None = None) -> Finding:
+    return Finding(code, "warning", message, section)
+
+
+def _name(section: Section, template: Template) -> str:
+    """How the user wrote the section: "5.0 Procedure" or "References"."""
+    spec = template.spec(section.key)
+    heading = spec.heading if spec else section.heading
+    return f"{section.number} {heading}" if section.number else heading
+
+
+def _check_title(sop: SOP, template: Template) -> Iterator[Finding]:
+    if template.title_required and not (sop.title or "").strip():
+        yield _error("missing_title", "The SOP has no title. Add a first line 'Title: ...'.")
+
+
+def _check_preamble(sop: SOP) -> Iterator[Finding]:
+    for line in sop.preamble:
+        short = line if len(line) <= 60 else line[:57] + "..."
+        yield _warning(
+            "stray_text",
+            f"The text '{short}' before the first section is not part of any section and is "
+            "left out of the house format. Move it into a section or delete it.",
+        )
+
+
+def _check_presence(sop: SOP, template: Template) -> Iterator[Finding]:
+    counts = Counter(s.key for s in sop.sections if s.key)
+    for index, spec in enumerate(template.sections):
+        if counts[spec.key] == 0 and spec.required:
+            yield _error("missing_section", _missing_message(template, index), spec.key)
+        elif counts[spec.key] > 1:
+            yield _error(
+                "duplicate_section",
+                f"Section {spec.label} appears {counts[spec.key]} times. "
+                "Merge them into one section.",
+                spec.key,
+            )
+
+
+def _missing_message(template: Template, index: int) -> str:
+    spec = template.sections[index]
+    if index == 0:
+        where = "Add it as the first section."
+    else:
+        where = f"Add it after {template.sections[index - 1].label}."
+    return f"Section {spec.label} is missing. {where}"
+
+
+def _check_order(sop: SOP, template: Template) -> Iterator[Finding]:
+    """Report the fewest sections that must move: those outside the longest run that is
+    already in template order. Swapping 2.0 and 3.0 flags one section, not a cascade."""
+    firsts: list[SectionSpec] = []
+    for section in sop.sections:
+        spec = template.spec(section.key)
+        if spec is not None and spec not in firsts:
+            firsts.append(spec)
+    keep = _longest_ordered_run([template.index(spec.key) for spec in firsts])
+    in_place = [spec for i, spec in enumerate(firsts) if i in keep]
+    for i, spec in enumerate(firsts):
+        if i not in keep:
+            yield _error("wrong_order", _order_message(spec, in_place, template), spec.key)
+
+
+def _longest_ordered_run(values: list[int]) -> set[int]:
+    """Positions of a longest strictly increasing subsequence (small n, plain DP)."""
+    if not values:
+        return set()
+    length = [1] * len(values)
+    previous = [-1] * len(values)
+    for i, value in enumerate(values):
+        for j in range(i):
+            if values[j] < value and length[j] + 1 > length[i]:
+                length[i], previous[i] = length[j] + 1, j
+    position = max(range(len(values)), key=lambda i: (length[i], -i))
+    keep: set[int] = set()
+    while position != -1:
+        keep.add(position)
+        position = previous[position]
+    return keep
+
+
+def _order_message(spec: SectionSpec, in_place: list[SectionSpec], template: Template) -> str:
+    earlier = [s for s in in_place if template.index(s.key) < template.index(spec.key)]
+    later = [s for s in in_place if template.index(s.key) > template.index(spec.key)]
+    if earlier:
+        where = f"Move it to just after {earlier[-1].label}."
+    elif later:
+        where = f"Move it to just before {later[0].label}."
+    else:
+        where = "Move it to its place in the house order."
+    return f"Section {spec.label} is out of order. {where}"
+
+
+def _check_section_numbers(sop: SOP, template: Template) -> Iterator[Finding]:
+    """A gap is a section number nobody uses between the lowest and highest one. Sections
+    merely out of order are left to the order check, and a gap where a required section is
+    missing is left to the missing-section finding, since adding the section closes it."""
+    by_major = {s.major: s for s in reversed(sop.sections) if s.major is not None}
+    present = {s.key for s in sop.sections}
+    missing = {spec.number for spec in template.sections if spec.key not in present}
+    majors = sorted(by_major)
+    for low, high in zip(majors, majors[1:], strict=False):
+        if high > low + 1 and not set(range(low + 1, high)) <= missing:
+            skipped = ", ".join(f"{n}.0" for n in range(low + 1, high))
+            yield _error(
+                "numbering_gap",
+                f"Section numbers skip {skipped}: {by_major[low].number} is followed by "
+                f"{by_major[high].number}. Renumber the sections so they run 1.0, 2.0, 3.0 ... "
+                "without gaps.",
+                by_major[high].key,
+            )
+
+
+def _check_section(section: Section, template: Template) -> Iterator[Finding]:
+    spec = template.spec(section.key)
+    name = _name(section, template)
+    if spec is None:
+        yield _warning(
+            "unknown_section",
+            f"Section '{section.heading}' is not part of the house format; it is kept after "
+            "the standard sections. Rename it to a standard heading or remove it.",
+        )
+    if _is_empty(section, template):
+        yield _error("empty_section", f"Section {name} is empty. Write its content.", section.key)
+    elif spec is not None and spec.key == template.steps_section:
+        yield from _check_steps(section, spec, template)
+    if spec is not None and spec.kind == "paragraph":
+        yield from _check_stray_subsections(section, spec)
+    yield from _check_item_numbers(section, name)
+
+
+def _is_empty(section: Section, template: Template) -> bool:
+    placeholders = {p.casefold() for p in template.placeholders}
+    texts = [section.body, *(item.text for item in section.items)]
+    meaningful = [t for t in texts if t.strip() and t.strip().casefold() not in placeholders]
+    return not meaningful
+
+
+def _check_steps(section: Section, spec: SectionSpec, template: Template) -> Iterator[Finding]:
+    steps = sum(1 for item in section.items if item.level == 1)
+    if steps < template.min_steps:
+        yield _error(
+            "too_few_steps",
+            f"Section {spec.label} has {_plural(steps, 'step')}; the house format "
+            f"needs at least {template.min_steps}. Write the procedure as steps "
+            f"{spec.number}.1, {spec.number}.2, {spec.number}.3 ...",
+            spec.key,
+        )
+
+
+def _check_stray_subsections(section: Section, spec: SectionSpec) -> Iterator[Finding]:
+    if section.items:
+        yield _warning(
+            "unexpected_subsections",
+            f"Section {spec.label} should be a single paragraph but has numbered lines "
+            f"({section.items[0].number} ...). Merge them into the section text.",
+            spec.key,
+        )
+
+
+def _check_item_numbers(section: Section, name: str) -> Iterator[Finding]:
+    """Within a section, numbered items must count up by one at each level: 5.3 then 5.5
+    is a gap; 4.1 under 5.0 is numbered for the wrong section."""
+    last: dict[tuple[int, ...], int] = {}
+    mismatch_reported = False
+    for item in section.items:
+        parts = _numeric_parts(item.number)
+        if parts is None:
+            continue
+        prefix, value = parts[:-1], parts[-1]
+        expected = last.get(prefix, 0) + 1
+        if value > expected and prefix in last:
+            previous = ".".join(map(str, (*prefix, last[prefix])))
+            yield _error(
+                "numbering_gap",
+                f"In {name}, step {item.number} follows {previous}. "
+                f"Renumber the steps so none is skipped.",
+                section.key,
+            )
+        last[prefix] = value
+        major = section.major
+        if len(parts) > 1 and major is not None and parts[0] != major and not mismatch_reported:
+            mismatch_reported = True
+            yield _warning(
+                "item_number_mismatch",
+                f"In {name}, item {item.number} is numbered as part of section {parts[0]}. "
+                f"Number it {major}.x.",
+                section.key,
+            )
+
+
+def _numeric_parts(number: str | None) -> tuple[int, ...] | None:
+    if not number or not all(part.isdigit() for part in number.split(".")):
+        return None
+    return tuple(int(part) for part in number.split("."))
+
+
+def _check_abbreviations(sop: SOP, template: Template) -> Iterator[Finding]:
+    if template.abbreviations_section is None:
+        return
+    defined = _defined_abbreviations(sop, template)
+    target = template.label(template.abbreviations_section)
+    reported: set[str] = set()
+    for where, text in _body_texts(sop, template):
+        for token in _abbreviations_in(text, template):
+            if token in defined or token in reported:
+                continue
+            reported.add(token)
+            yield _error(
+                "undefined_abbreviation",
+                f"The abbreviation {token} is used in {where} but not defined. "
+                f"Add '{token}: <meaning>' to {target}.",
+                template.abbreviations_section,
+            )
+
+
+def _defined_abbreviations(sop: SOP, template: Template) -> set[str]:
+    """Terms defined in the abbreviations section, as "IPA: ..." lines or "... (IPA)"."""
+    defined: set[str] = set()
+    for section in sop.sections:
+        if section.key != template.abbreviations_section:
+            continue
+        for text in [section.body, *(item.text for item in section.items)]:
+            parts = split_definition(text)
+            if parts:
+                defined.add(parts[0].strip().upper())
+                defined.update(t.upper() for t in _DEFINED_IN_PARENS.findall(parts[1]))
+            defined.update(t.upper() for t in _DEFINED_IN_PARENS.findall(text))
+    return defined
+
+
+def _body_texts(sop: SOP, template: Template) -> Iterator[tuple[str, str]]:
+    if sop.title:
+        yield "the title", sop.title
+    for section in sop.sections:
+        if section.key == template.abbreviations_section:
+            continue
+        name = _name(section, template)
+        yield name, section.body
+        for item in section.items:
+            yield name, item.text
+
+
+def _abbreviations_in(text: str, template: Template) -> Iterator[str]:
+    """All-caps tokens that need a definition. Skipped: words in the template's ignore list,
+    roman numerals, codes with digits ("QC/PH/01", "PHE-2"), and shouted phrases such as
+    "UNDER CLEANING" or an all-caps title."""
+    low, high = template.abbreviation_min_length, template.abbreviation_max_length
+    pattern = _abbreviation_pattern(low, high)
+    words = text.split()
+    shouted = _shouted_words(words, high)
+    for index, word in enumerate(words):
+        if index in shouted or any(ch.isdigit() for ch in word):
+            continue
+        for match in pattern.finditer(word):
+            token = match.group(1)
+            if token in template.abbreviation_ignore:
+                continue
+            if template.ignore_roman_numerals and _ROMAN.match(token):
+                continue
+            yield token
+
+
+def _shouted_words(words: list[str], max_length: int) -> set[int]:
+    """Indexes of words in runs of capitals that read as emphasis: three or more words, or
+    two or more with one longer than any abbreviation."""
+    shouted: set[int] = set()
+    run: list[int] = []
+    for index, word in enumerate([*words, ""]):
+        letters = [ch for ch in word if ch.isalpha()]
+        if len(letters) >= 2 and all(ch.isupper() for ch in letters):
+            run.append(index)
+            continue
+        longest = max((sum(ch.isalpha() for ch in words[i]) for i in run), default=0)
+        if len(run) >= 3 or (len(run) >= 2 and longest > max_length):
+            shouted.update(run)
+        run = []
+    return shouted
+
+
+@lru_cache(maxsize=8)
+def _abbreviation_pattern(low: int, high: int) -> re.Pattern[str]:
+    """All-caps words of low..high letters, a plural "s" allowed ("SOPs"), not glued to
+    digits or letters (so "SS316" and "pH" are not abbreviations)."""
+    return re.compile(rf"(?<![\w])([A-Z]{{{low},{high}}})s?(?![\w])")
+
+
+def _check_tokens(
+    sop: SOP, template: Template, max_tokens: int, count_tokens: Callable[[str], int]
+) -> Iterator[Finding]:
+    tokens = count_tokens(render_canonical(sop, template))
+    if tokens > max_tokens:
+        yield _error(
+            "over_token_limit",
+            f"The SOP is {tokens} tokens long in the house format; the limit is {max_tokens}. "
+            "Shorten it or split it into separate SOPs.",
+        )

@@ -1,0 +1,345 @@
+"""Parsing SOPs the way people actually paste them: Slack, Markdown, Word, sloppy numbering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sop_pipeline.sop_format import SOP, Item, load_template, parse
+
+FIXTURES = Path(__file__).parent / "data" / "sops"
+HOUSE_KEYS = [
+    "objective",
+    "scope",
+    "responsibility",
+    "accountability",
+    "procedure",
+    "abbreviations",
+]
+
+
+def keys(sop: SOP) -> list[str | None]:
+    return [section.key for section in sop.sections]
+
+
+def steps(sop: SOP) -> list[str]:
+    procedure = sop.section("procedure")
+    assert procedure is not None
+    return [item.text for item in procedure.items]
+
+
+def read(path: Path) -> str:
+    return path.read_bytes().decode("utf-8")  # keep CRLF as pasted
+
+
+# --- the fixtures -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.iterdir()), ids=lambda p: p.name)
+def test_every_fixture_parses_into_the_six_house_sections(path: Path) -> None:
+    sop = parse(read(path))
+    assert sop.title
+    assert keys(sop) == HOUSE_KEYS
+    assert len(steps(sop)) >= 5
+    assert sop.preamble == []
+
+
+def test_the_canonical_fixture_keeps_numbers_and_headings_as_written() -> None:
+    sop = parse(read(FIXTURES / "01_tablet_compression_cleaning.txt"))
+    assert sop.title == "Standard Cleaning Procedure for Tablet Compression Machine"
+    objective = sop.sections[0]
+    assert (objective.number, objective.key, objective.heading) == ("1.0", "objective", "Objective")
+    assert objective.body.startswith("To lay down the cleaning procedure")
+    responsibility = sop.section("responsibility")
+    assert responsibility is not None
+    assert responsibility.items == [
+        Item("3.1", "Execution: Operator"),
+        Item("3.2", "Checking: Pharmacist and above"),
+    ]
+    assert sop.section("accountability").body == "HOD - Production"  # type: ignore[union-attr]
+
+
+# --- Slack mrkdwn ---------------------------------------------------------------------------
+
+
+def test_slack_decoration_entities_mentions_channels_and_links_become_plain_text() -> None:
+    text = (
+        "*Title:* Calibration of _pH_ meter\n"
+        "*1.0 Objective:* To ~check~ the meter &amp; buffers &lt;daily&gt;\n"
+        "*5.0 Procedure:*\n"
+        "• Ask <@U123ABC> for the key\n"
+        "• Post in <#C999|qc-lab>\n"
+        "• Use <https://intranet.example.com/f17|Form 17> or <https://example.com/x>\n"
+        "• Press `CAL` and wait\n"
+    )
+    sop = parse(text)
+    assert sop.title == "Calibration of pH meter"
+    assert sop.sections[0].body == "To check the meter & buffers <daily>"
+    assert steps(sop) == [
+        "Ask @U123ABC for the key",
+        "Post in #qc-lab",
+        "Use Form 17 or https://example.com/x",
+        "Press CAL and wait",
+    ]
+
+
+def test_underscores_and_asterisks_inside_words_are_not_decoration() -> None:
+    sop = parse("Title: x\nProcedure:\n- open file_name_v2\n- mix 2 * 3 * 4 parts\n- c\n")
+    assert steps(sop) == ["open file_name_v2", "mix 2 * 3 * 4 parts", "c"]
+
+
+# --- headings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "1.0 Objective: Keep it clean",
+        "1. Objective: Keep it clean",
+        "1 Objective: Keep it clean",
+        "1) Objective: Keep it clean",
+        "1.0. Objective - Keep it clean",
+        "Section 1: Objective: Keep it clean",
+        "Section 1 - Objective: Keep it clean",
+        "Objective: Keep it clean",
+        "OBJECTIVE : Keep it clean",
+        "objective - Keep it clean",
+        "*1.0 Objective:* Keep it clean",
+        "**Objective:** Keep it clean",
+        "Purpose: Keep it clean",
+        "1.0 Aim: Keep it clean",
+    ],
+)
+def test_numbering_styles_case_and_synonyms_all_find_the_objective(line: str) -> None:
+    sop = parse(f"Title: T\n{line}\n")
+    assert keys(sop) == ["objective"]
+    assert sop.sections[0].body == "Keep it clean"
+
+
+@pytest.mark.parametrize(
+    "heading",
+    ["## 1.0 Objective", "# Objective", "**Objective**", "*Objective:*", "Objective", "Purpose:"],
+)
+def test_a_heading_on_its_own_line_takes_the_following_lines_as_content(heading: str) -> None:
+    sop = parse(f"Title: T\n{heading}\n\nTo keep the\nline clean.\n\nScope\nAll lines.\n")
+    assert keys(sop) == ["objective", "scope"]
+    assert sop.sections[0].body == "To keep the line clean."
+    assert sop.sections[1].body == "All lines."
+
+
+@pytest.mark.parametrize(
+    ("heading", "key"),
+    [
+        ("Definitions", "abbreviations"),
+        ("Abbreviations and Definitions", "abbreviations"),
+        ("Abbreviations & Definitions", "abbreviations"),
+        ("Glossary", "abbreviations"),
+        ("Acronyms", "abbreviations"),
+        ("Applicability", "scope"),
+        ("Responsibilities", "responsibility"),
+        ("Accountable", "accountability"),
+        ("Method", "procedure"),
+        ("Steps", "procedure"),
+        ("Process", "procedure"),
+    ],
+)
+def test_template_synonyms_map_to_the_canonical_key(heading: str, key: str) -> None:
+    sop = parse(f"Title: T\n{heading}:\nsomething\n")
+    assert keys(sop) == [key]
+    assert sop.sections[0].heading == heading
+
+
+def test_unknown_numbered_sections_are_kept_with_key_none() -> None:
+    sop = parse("Title: T\n5.0 Procedure:\n5.1 a\n5.2 b\n7.0 References: SOP/QA/001\n")
+    assert keys(sop) == ["procedure", None]
+    assert sop.sections[1].heading == "References"
+    assert sop.sections[1].body == "SOP/QA/001"
+
+
+def test_numbered_steps_with_colons_inside_a_procedure_stay_steps() -> None:
+    sop = parse(
+        "Title: T\n5. Procedure:\n1. Weigh the granules: 10 kg\n2. Process: mix 5 min\n"
+        "7. Blend the lot: 20 min\n"
+    )
+    assert keys(sop) == ["procedure"]
+    assert steps(sop) == [
+        "Weigh the granules: 10 kg",
+        "Process: mix 5 min",
+        "Blend the lot: 20 min",
+    ]
+
+
+def test_markdown_subheadings_inside_a_section_are_content() -> None:
+    sop = parse("# T\n## Procedure\n### Hopper\n1. clean it\n### Turret\n2. wipe it\n")
+    assert keys(sop) == ["procedure"]
+    assert steps(sop) == ["Hopper", "clean it", "Turret", "wipe it"]
+
+
+# --- steps and sub-numbering ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "markers",
+    [
+        ["5.1 ", "5.2 ", "5.3 "],
+        ["5.1. ", "5.2. ", "5.3. "],
+        ["5.1) ", "5.2) ", "5.3) "],
+        ["1. ", "2. ", "3. "],
+        ["1) ", "2) ", "3) "],
+        ["(1) ", "(2) ", "(3) "],
+        ["Step 1: ", "Step 2: ", "Step 3: "],
+        ["a) ", "b) ", "c) "],
+        ["(a) ", "(b) ", "(c) "],
+        ["• ", "• ", "• "],
+        ["- ", "- ", "- "],
+        ["* ", "* ", "* "],
+        ["", "", ""],
+    ],
+)
+def test_every_list_style_under_procedure_becomes_steps(markers: list[str]) -> None:
+    words = ["Stop", "Open", "Wipe"]
+    body = "\n".join(f"{m}{word} the machine" for m, word in zip(markers, words, strict=True))
+    sop = parse(f"Title: T\n5.0 Procedure:\n{body}\n")
+    assert steps(sop) == ["Stop the machine", "Open the machine", "Wipe the machine"]
+
+
+def test_dotted_sub_steps_and_indented_bullets_are_level_two() -> None:
+    sop = parse(
+        "Title: T\nProcedure:\n5.1 Stop\n5.1.1 Lock out\n5.2 Open\n- Wipe\n    - with IPA\n"
+    )
+    procedure = sop.section("procedure")
+    assert procedure is not None
+    assert [(i.number, i.text, i.level) for i in procedure.items] == [
+        ("5.1", "Stop", 1),
+        ("5.1.1", "Lock out", 2),
+        ("5.2", "Open", 1),
+        (None, "Wipe", 1),
+        (None, "with IPA", 2),
+    ]
+
+
+def test_abbreviation_lines_keep_their_text_and_none_is_a_body() -> None:
+    sop = parse("Title: T\nAbbreviations:\n- *IPA*: Isopropyl Alcohol\n6.1 SS - Stainless Steel\n")
+    section = sop.section("abbreviations")
+    assert section is not None
+    assert [i.text for i in section.items] == ["IPA: Isopropyl Alcohol", "SS - Stainless Steel"]
+    assert parse("Title: T\nAbbreviations:\nNone\n").sections[0].body == "None"
+
+
+# --- title ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Title: Cleaning of Sifter\n1.0 Objective: x",
+        "SOP Title - Cleaning of Sifter\n1.0 Objective: x",
+        "Title:\nCleaning of Sifter\n1.0 Objective: x",
+        "# Cleaning of Sifter\nObjective: x",
+        "*Cleaning of Sifter*\nObjective: x",
+        "Cleaning of Sifter\n\n1.0 Objective: x",
+        "Here is the SOP:\n**Cleaning of Sifter**\nObjective: x",
+    ],
+)
+def test_the_title_comes_from_a_title_line_a_heading_or_the_first_line(text: str) -> None:
+    assert parse(text).title == "Cleaning of Sifter"
+
+
+def test_other_text_before_the_first_section_is_kept_as_preamble() -> None:
+    sop = parse("Title: T\nSOP No.: QA-001\nEffective date: 1 Jan\nObjective: x\n")
+    assert sop.preamble == ["SOP No.: QA-001", "Effective date: 1 Jan"]
+
+
+def test_no_sections_and_no_text_parse_to_empty_sops() -> None:
+    assert parse("") == SOP(title=None)
+    assert parse("\n \u200b\n") == SOP(title=None)
+    assert parse("Just a sentence.").title == "Just a sentence."
+
+
+# --- characters ----------------------------------------------------------------------------
+
+
+def test_crlf_nbsp_unicode_spaces_and_zero_width_characters_are_normalised() -> None:
+    text = (
+        "\ufeffTitle:\u00a0Metal\u2003Detector\r\n\r\n1.0\u00a0Obje\u200bctive:\u202fVerify"
+        "\u200d it\r\n5.0 Procedure:\r\n5.1\tStop\r5.2 Go\u2028\u00a05.3 Log\r\n"
+    )
+    sop = parse(text)
+    assert sop.title == "Metal Detector"
+    assert keys(sop) == ["objective", "procedure"]
+    assert sop.sections[0].body == "Verify it"
+    assert steps(sop) == ["Stop", "Go", "Log"]
+
+
+def test_units_and_symbols_survive_cleaning() -> None:
+    sop = parse("Title: T\nScope: 5 m² at 25 °C, ±0.1 µL, ½ dose\n")
+    assert sop.sections[0].body == "5 m² at 25 °C, ±0.1 µL, ½ dose"
+
+
+def test_a_custom_template_changes_what_counts_as_a_heading(tmp_path: Path) -> None:
+    path = tmp_path / "mini.toml"
+    path.write_text(
+        '[[sections]]\nkey = "why"\nheading = "Rationale"\nsynonyms = ["Reason"]\n'
+        '[[sections]]\nkey = "how"\nheading = "Instructions"\nsubsections = true\n'
+    )
+    sop = parse("Title: T\nReason: because\nInstructions:\n- a\n- b\n", load_template(path))
+    assert keys(sop) == ["why", "how"]
+
+
+# --- robustness ----------------------------------------------------------------------------
+
+SOPISH = st.lists(
+    st.sampled_from(
+        [
+            "Title:",
+            "1.0 Objective:",
+            "Scope",
+            "## Procedure",
+            "*5.0 Procedure:*",
+            "5.1 ",
+            "5.1.1 ",
+            "• ",
+            "- ",
+            "a) ",
+            "1) ",
+            "Section 7:",
+            "<@U1>",
+            "<#C1|x>",
+            "<http://x|y>",
+            "&amp;",
+            "&lt;",
+            "*",
+            "_",
+            "~",
+            "`",
+            "```",
+            "\r\n",
+            "\n",
+            "\u00a0",
+            "\u200b",
+            "#",
+            "Abbreviations:",
+            "IPA: Isopropyl Alcohol",
+            "text",
+            "TEXT",
+            "7. References: x",
+        ]
+    )
+    | st.text(max_size=8),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parse_never_crashes_on_any_string(text: str) -> None:
+    assert isinstance(parse(text), SOP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SOPISH)
+def test_parse_never_crashes_on_sop_like_garbage(text: str) -> None:
+    assert isinstance(parse(text), SOP)

@@ -1,0 +1,315 @@
+"""Checking SOPs against the house template and telling QA what to fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sop_pipeline.sop_format import (
+    Finding,
+    TemplateError,
+    is_compliant,
+    load_template,
+    parse,
+    summarize,
+    validate,
+)
+
+DATA = Path(__file__).parent / "data"
+TEMPLATE = load_template(None)
+
+COMPLETE = """\
+Title: Cleaning of Sifter
+
+1.0 Objective: To lay down the cleaning procedure for the sifter.
+
+2.0 Scope: Applicable to the vibratory sifter in granulation.
+
+3.0 Responsibility:
+3.1 Execution: Operator
+3.2 Checking: Supervisor
+
+4.0 Accountability: Production Manager
+
+5.0 Procedure:
+5.1 Switch off the sifter.
+5.2 Remove the sieve and the gaskets.
+5.3 Wash them with purified water.
+
+6.0 Abbreviations: None
+"""
+
+
+def findings_for(text: str, **kwargs: object) -> list[Finding]:
+    return validate(parse(text, TEMPLATE), TEMPLATE, **kwargs)  # type: ignore[arg-type]
+
+
+def codes(text: str) -> list[str]:
+    return [finding.code for finding in findings_for(text)]
+
+
+def read(path: Path) -> str:
+    return path.read_bytes().decode("utf-8")
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted((DATA / "sops").iterdir()), ids=lambda p: p.name)
+def test_every_fixture_sop_is_compliant_without_warnings(path: Path) -> None:
+    findings = validate(parse(read(path), TEMPLATE), TEMPLATE)
+    assert findings == [], summarize(findings)
+
+
+BROKEN = {
+    "missing_section.txt": ("missing_section", "accountability"),
+    "wrong_order.txt": ("wrong_order", "scope"),
+    "numbering_gap.txt": ("numbering_gap", "procedure"),
+    "empty_section.txt": ("empty_section", "scope"),
+    "undefined_abbreviation.txt": ("undefined_abbreviation", "abbreviations"),
+    "too_few_steps.txt": ("too_few_steps", "procedure"),
+    "duplicate_section.txt": ("duplicate_section", "scope"),
+    "missing_title.txt": ("missing_title", None),
+}
+
+
+def test_every_broken_fixture_is_listed() -> None:
+    assert sorted(p.name for p in (DATA / "sops_broken").iterdir()) == sorted(BROKEN)
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(BROKEN.items()))
+def test_each_broken_fixture_yields_exactly_its_finding(
+    name: str, expected: tuple[str, str | None]
+) -> None:
+    findings = validate(parse(read(DATA / "sops_broken" / name), TEMPLATE), TEMPLATE)
+    assert [(f.code, f.section) for f in findings] == [expected]
+    assert findings[0].severity == "error"
+    assert not is_compliant(findings)
+
+
+# --- messages say what to fix ----------------------------------------------------------------
+
+
+def test_a_missing_section_says_where_to_add_it() -> None:
+    text = COMPLETE.replace("4.0 Accountability: Production Manager\n", "")
+    text = text.replace("1.0 Objective: To lay down the cleaning procedure for the sifter.\n", "")
+    messages = [f.message for f in findings_for(text) if f.code == "missing_section"]
+    assert messages == [
+        "Section 1.0 Objective is missing. Add it as the first section.",
+        "Section 4.0 Accountability is missing. Add it after 3.0 Responsibility.",
+    ]
+
+
+def test_a_misplaced_section_is_reported_once_with_where_it_belongs() -> None:
+    head, abbreviations = COMPLETE.split("\n6.0 ")
+    title, rest = head.split("\n", 1)
+    text = f"{title}\n6.0 {abbreviations}{rest}"
+    findings = findings_for(text)
+    assert [(f.code, f.section) for f in findings] == [("wrong_order", "abbreviations")]
+    assert findings[0].message == (
+        "Section 6.0 Abbreviations is out of order. Move it to just after 5.0 Procedure."
+    )
+
+
+def test_section_number_gaps_are_found_even_without_missing_sections() -> None:
+    text = COMPLETE.replace("4.0 Accountability", "7.0 Accountability").replace(
+        "5.0 Procedure", "8.0 Procedure"
+    )
+    text = text.replace("5.1", "8.1").replace("5.2", "8.2").replace("5.3", "8.3")
+    text = text.replace("6.0 Abbreviations", "9.0 Abbreviations")
+    (finding,) = [f for f in findings_for(text) if f.code == "numbering_gap"]
+    assert finding.message.startswith("Section numbers skip 4.0, 5.0, 6.0: 3.0 is followed by 7.0.")
+
+
+def test_step_gaps_and_steps_numbered_for_another_section() -> None:
+    text = COMPLETE.replace("5.3 Wash", "5.5 Wash").replace("5.2 Remove", "4.2 Remove")
+    findings = {f.code: f for f in findings_for(text)}
+    assert findings["numbering_gap"].message == (
+        "In 5.0 Procedure, step 5.5 follows 5.1. Renumber the steps so none is skipped."
+    )
+    assert findings["item_number_mismatch"].severity == "warning"
+
+
+@pytest.mark.parametrize("body", ["", " ...", " TBD", " …"])
+def test_empty_and_placeholder_sections_are_errors(body: str) -> None:
+    text = COMPLETE.replace(" Production Manager", body)
+    (finding,) = [f for f in findings_for(text) if f.code == "empty_section"]
+    assert finding.message == "Section 4.0 Accountability is empty. Write its content."
+
+
+def test_too_few_steps_counts_top_level_steps_only() -> None:
+    text = COMPLETE.replace("5.2 Remove", "5.1.1 Remove").replace("5.3 Wash", "5.1.2 Wash")
+    (finding,) = [f for f in findings_for(text) if f.code == "too_few_steps"]
+    assert "has 1 step;" in finding.message and "at least 3" in finding.message
+
+
+def test_unknown_sections_are_warnings_and_do_not_break_compliance() -> None:
+    findings = findings_for(COMPLETE + "\n7.0 References: SOP/QA/001\n")
+    assert [(f.code, f.severity) for f in findings] == [("unknown_section", "warning")]
+    assert is_compliant(findings)
+
+
+def test_text_before_the_first_section_is_a_warning() -> None:
+    text = COMPLETE.replace("Title: Cleaning of Sifter\n", "Title: Cleaning of Sifter\nDraft 2\n")
+    assert [(f.code, f.severity) for f in findings_for(text)] == [("stray_text", "warning")]
+
+
+# --- abbreviations -------------------------------------------------------------------------
+
+
+def with_step(step: str, definitions: str = "None") -> str:
+    return COMPLETE.replace("5.3 Wash them with purified water.", f"5.3 {step}").replace(
+        "6.0 Abbreviations: None", f"6.0 Abbreviations:\n{definitions}"
+    )
+
+
+def test_undefined_abbreviations_name_the_token_and_the_section() -> None:
+    (finding,) = findings_for(with_step("Wipe with IPA."))
+    assert finding.code == "undefined_abbreviation"
+    assert finding.message == (
+        "The abbreviation IPA is used in 5.0 Procedure but not defined. "
+        "Add 'IPA: <meaning>' to 6.0 Abbreviations."
+    )
+
+
+@pytest.mark.parametrize(
+    "definitions",
+    [
+        "IPA: Isopropyl Alcohol",
+        "IPA - Isopropyl Alcohol",
+        "IPA = Isopropyl Alcohol",
+        "- *IPA*: Isopropyl Alcohol",
+        "6.1 IPA: Isopropyl Alcohol",
+        "Isopropyl Alcohol (IPA)",
+    ],
+)
+def test_any_common_definition_style_counts(definitions: str) -> None:
+    assert findings_for(with_step("Wipe with IPA.", definitions)) == []
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "Put the supply OFF and keep it ON hold.",  # template ignore list
+        "Use gasket type II or IV.",  # roman numerals
+        "Check item QC/PH/01 and PHE-2.",  # codes with digits
+        "Affix the UNDER CLEANING label.",  # shouted phrase
+        "DO NOT TOUCH THE ROLLERS.",  # shouted sentence
+        "Measure the pH of the rinse.",  # mixed case is not an abbreviation
+    ],
+)
+def test_words_that_are_not_abbreviations_are_not_flagged(step: str) -> None:
+    assert findings_for(with_step(step)) == []
+
+
+def test_sop_and_plurals_must_be_defined_too() -> None:
+    found = findings_for(with_step("Follow the related SOPs."))
+    assert [f.message.split(" is used")[0] for f in found] == ["The abbreviation SOP"]
+    assert findings_for(with_step("Follow the SOPs.", "SOP: Standard Operating Procedure")) == []
+
+
+def test_the_reference_example_needs_hod_and_sop_defined() -> None:
+    text = COMPLETE.replace("Production Manager", "HOD - Production").replace(
+        "Applicable", "This SOP is applicable"
+    )
+    flagged = [f.message.split()[2] for f in findings_for(text)]
+    assert flagged == ["SOP", "HOD"]
+
+
+# --- tokens, summaries, findings -----------------------------------------------------------
+
+
+def test_over_token_limit_uses_the_canonical_text() -> None:
+    seen: list[str] = []
+
+    def count(text: str) -> int:
+        seen.append(text)
+        return len(text.split())
+
+    findings = findings_for(COMPLETE, max_tokens=10, count_tokens=count)
+    assert [f.code for f in findings] == ["over_token_limit"]
+    assert seen == [COMPLETE]
+    assert "limit is 10" in findings[0].message
+    assert findings_for(COMPLETE, max_tokens=10_000, count_tokens=count) == []
+    assert findings_for(COMPLETE, max_tokens=10) == []  # no counter, no check
+
+
+def test_summary_is_a_verdict_and_one_line_per_finding() -> None:
+    assert summarize([]) == "The SOP follows the house format."
+    text = COMPLETE.replace("Title: Cleaning of Sifter\n", "") + "\n7.0 Annex: x\n"
+    summary = summarize(findings_for(text))
+    assert summary.splitlines()[0] == (
+        "The SOP does not follow the house format (1 error, 1 warning)."
+    )
+    assert summary.splitlines()[1].startswith("- [error] The SOP has no title.")
+    assert summary.splitlines()[2].startswith("- [warning] Section 'Annex'")
+
+
+def test_findings_are_frozen_and_compliance_ignores_warnings() -> None:
+    finding = Finding("unknown_section", "warning", "x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        finding.code = "other"  # type: ignore[misc]
+    assert is_compliant([finding])
+    assert not is_compliant([finding, Finding("missing_title", "error", "y")])
+
+
+# --- templates -----------------------------------------------------------------------------
+
+
+def test_the_default_template_is_the_house_format() -> None:
+    assert [s.label for s in TEMPLATE.sections] == [
+        "1.0 Objective",
+        "2.0 Scope",
+        "3.0 Responsibility",
+        "4.0 Accountability",
+        "5.0 Procedure",
+        "6.0 Abbreviations",
+    ]
+    assert TEMPLATE.min_steps == 3
+    assert load_template(None) is TEMPLATE
+
+
+def test_rules_come_from_the_template_file(tmp_path: Path) -> None:
+    source = (Path(__file__).parents[1] / "sop_pipeline" / "templates" / "house.toml").read_text()
+    path = tmp_path / "strict.toml"
+    path.write_text(source.replace("min_steps = 3", "min_steps = 5"))
+    template = load_template(str(path))
+    findings = validate(parse(COMPLETE, template), template)
+    assert [f.code for f in findings] == ["too_few_steps"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("name = ", "is not valid TOML"),
+        ("name = 'x'\n", "has no [[sections]]"),
+        ("[[sections]]\nheading = 'A'\n", "without a valid 'key'"),
+        ("[[sections]]\nkey = 'a'\n", "without a 'heading'"),
+        ("[[sections]]\nkey = 'a'\nheading = 'A'\nnumber = 'one'\n", "not a positive integer"),
+        (
+            "[[sections]]\nkey = 'a'\nheading = 'A'\n[[sections]]\nkey = 'b'\nheading = 'a'\n",
+            "uses the heading 'a' for both 'a' and 'b'",
+        ),
+        (
+            "[[sections]]\nkey = 'a'\nheading = 'A'\n[rules]\nsteps_section = 'zzz'\n",
+            "names 'zzz' as steps_section",
+        ),
+        ("[[sections]]\nkey = 'a'\nheading = 'A'\nsynonyms = 'B'\n", "not a list of strings"),
+    ],
+)
+def test_a_bad_template_names_the_file_and_the_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(TemplateError) as error:
+        load_template(path)
+    assert str(path) in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_a_missing_template_file_is_a_template_error(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="nope.toml cannot be read"):
+        load_template(tmp_path / "nope.toml")

@@ -1,0 +1,45 @@
+"""SOP generation: short prompts for the fine-tuned model, retrieval before the first
+fine-tune, compliance check and one repair round, streaming, and .docx export.
+
+The Slack layer and the CLI use exactly these names.
+"""
+
+from __future__ import annotations
+
+from sop_pipeline.generation.generate import (
+    MODE_FINE_TUNED,
+    MODE_RETRIEVAL,
+    GenerationResult,
+    RequestRejected,
+    draft_notice,
+    find_generation_by_message,
+    generate,
+    run_generation,
+    set_slack_location,
+    start_generation,
+    validate_request,
+)
+from sop_pipeline.generation.retry import Clock
+
+__all__ = [
+    "MODE_FINE_TUNED",
+    "MODE_RETRIEVAL",
+    "Clock",
+    "GenerationResult",
+    "RequestRejected",
+    "draft_notice",
+    "find_generation_by_message",
+    "generate",
+    "run_generation",
+    "set_slack_location",
+    "start_generation",
+    "to_docx",
+    "validate_request",
+]
+
+
+def to_docx(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - lazy: python-docx is slow to import
+    """See `sop_pipeline.generation.docx_export.to_docx`."""
+    from sop_pipeline.generation.docx_export import to_docx as _to_docx
+
+    return _to_docx(*args, **kwargs)

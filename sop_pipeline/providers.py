@@ -5,9 +5,12 @@ Our own retry loops (with Retry-After) sit above these clients, so the SDK's ret
 
 from __future__ import annotations
 
-import openai
+from typing import TYPE_CHECKING
 
 from sop_pipeline.settings import Settings
+
+if TYPE_CHECKING:  # the SDK is heavy to import; CLI commands that don't call it stay quick
+    import openai
 
 
 class ProviderConfigError(RuntimeError):
@@ -16,6 +19,8 @@ class ProviderConfigError(RuntimeError):
 
 def make_openai_client(settings: Settings, *, timeout: float | None = None) -> openai.OpenAI:
     """The client for chat and (OpenAI backend) fine-tuning, honouring OPENAI_BASE_URL."""
+    import openai
+
     if settings.training_backend == "azure" and settings.azure_openai_endpoint:
         return make_azure_client(settings, timeout=timeout)
     key = settings.secret("openai_api_key")
@@ -37,6 +42,8 @@ def make_openai_client(settings: Settings, *, timeout: float | None = None) -> o
 
 def make_azure_client(settings: Settings, *, timeout: float | None = None) -> openai.OpenAI:
     """The SDK's Azure client from AZURE_OPENAI_* settings."""
+    import openai
+
     key = settings.secret("azure_openai_api_key")
     if not settings.azure_openai_endpoint or not key:
         raise ProviderConfigError(

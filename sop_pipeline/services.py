@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import openai
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -20,6 +20,9 @@ from sop_pipeline.models import utcnow
 from sop_pipeline.notifications import LoggingNotifier, Notifier
 from sop_pipeline.providers import make_openai_client
 from sop_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    import openai
 
 
 @dataclass

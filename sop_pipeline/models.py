@@ -163,6 +163,8 @@ class TrainingRun(SQLModel, table=True):
     trained_tokens: int | None = None
     error_code: str | None = None
     error_message: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0  # consecutive retryable provider failures (backoff grows with it)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     eval_scores: dict = Field(default_factory=dict, sa_column=Column(JSON))
     chart_path: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

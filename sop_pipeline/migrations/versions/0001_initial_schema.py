@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 18:15:11.476528
+Create Date: 2026-11-25 18:20:44.594216
 """
 
 from collections.abc import Sequence
@@ -141,6 +141,8 @@ def upgrade() -> None:
     sa.Column('trained_tokens', sa.Integer(), nullable=True),
     sa.Column('error_code', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sop_pipeline.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('eval_scores', sa.JSON(), nullable=True),
     sa.Column('chart_path', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('created_at', sop_pipeline.models.UTCDateTime(timezone=True), nullable=False),

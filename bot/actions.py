@@ -1,0 +1,120 @@
+"""Buttons under a draft: Approve as example, Regenerate, Download .docx.
+
+The Approve button runs exactly the ✅ path (approver and channel checks, one example, one
+reply). Each click is claimed once (Slack can deliver an interaction twice).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from slack_bolt import Ack, App
+from slack_sdk.errors import SlackApiError
+
+from bot import approvals, blocks
+from bot.drafting import draft_in_thread, slack_error, slug
+from bot.runtime import BotContext
+from sop_pipeline import sop_format
+from sop_pipeline.models import Generation
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, ctx: BotContext) -> None:
+    app.action(blocks.APPROVE_ACTION)(functools.partial(on_approve, ctx=ctx))
+    app.action(blocks.REGENERATE_ACTION)(functools.partial(on_regenerate, ctx=ctx))
+    app.action(blocks.DOCX_ACTION)(functools.partial(on_docx, ctx=ctx))
+
+
+def _click(body: dict, action: dict) -> tuple[str, str, str | None]:
+    """(user, channel, thread_ts of the clicked message)."""
+    container = body.get("container") or {}
+    message = body.get("message") or {}
+    channel = (body.get("channel") or {}).get("id") or container.get("channel_id")
+    thread = message.get("thread_ts") or container.get("thread_ts") or message.get("ts")
+    return body["user"]["id"], channel, thread
+
+
+def _claim(ctx: BotContext, body: dict, action: dict) -> bool:
+    key = (f"action:{action.get('action_id')}:{action.get('value')}:"
+           f"{body['user']['id']}:{action.get('action_ts')}")
+    return ctx.claim(key)
+
+
+def _generation(ctx: BotContext, action: dict) -> Generation | None:
+    try:
+        generation_id = int(action.get("value") or "")
+    except ValueError:
+        return None
+    with ctx.services.session() as session:
+        return session.get(Generation, generation_id)
+
+
+def on_approve(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
+    ack()
+    if not _claim(ctx, body, action):
+        return
+    user, channel, thread = _click(body, action)
+    row = _generation(ctx, action)
+    if row is None or not row.slack_channel or not row.slack_ts:
+        approvals.ephemeral(ctx, channel, user, "I can't find that draft any more.", thread)
+        return
+    if not ctx.watched(row.slack_channel):
+        approvals.ephemeral(ctx, channel, user, "Approvals are not collected in this channel.",
+                            thread)
+        return
+    if not ctx.is_approver(user):
+        approvals.ephemeral(ctx, channel, user,
+                            approvals.NOT_APPROVER.format(emoji="white_check_mark"), thread)
+        return
+    approvals.approve_message(ctx, channel=row.slack_channel, ts=row.slack_ts, approver=user)
+
+
+def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
+    ack()
+    if not _claim(ctx, body, action):
+        return
+    user, channel, thread = _click(body, action)
+    row = _generation(ctx, action)
+    if row is None:
+        approvals.ephemeral(ctx, channel, user, "I can't find that draft any more.", thread)
+        return
+    try:
+        draft_in_thread(ctx, channel=row.slack_channel or channel,
+                        thread_ts=row.slack_thread_ts or thread, request=row.request,
+                        requester=user)
+    except SlackApiError as exc:
+        approvals.ephemeral(ctx, channel, user,
+                            f"I couldn't post a new draft ({slack_error(exc)}). Try again.")
+
+
+def on_docx(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
+    ack()
+    if not _claim(ctx, body, action):
+        return
+    user, channel, thread = _click(body, action)
+    row = _generation(ctx, action)
+    if row is None or row.status != "completed" or not row.draft_text:
+        approvals.ephemeral(ctx, channel, user,
+                            "That draft did not finish, so there is no .docx to download.",
+                            thread)
+        return
+    from sop_pipeline.generation import to_docx
+
+    template = ctx.services.template
+    sop = sop_format.parse(row.draft_text, template)
+    data = to_docx(sop, template, model=row.model,
+                   generated_at=row.completed_at or ctx.services.clock())
+    title = sop.title or "SOP draft"
+    try:
+        ctx.client.files_upload_v2(
+            channel=row.slack_channel or channel, thread_ts=row.slack_thread_ts or thread,
+            file=data, filename=f"{slug(title)}.docx", title=f"{title} (DRAFT)",
+            initial_comment=f"<@{user}> here is the draft as .docx. It is a DRAFT until "
+                            "approved under your SOP process.",
+        )
+    except SlackApiError as exc:
+        approvals.ephemeral(ctx, channel, user,
+                            f"I couldn't upload the .docx ({slack_error(exc)}). Check that I "
+                            "have the files:write permission, then try again.", thread)

@@ -1,0 +1,283 @@
+"""Block Kit rendering: SOP drafts, compliance findings, the status dashboard and App Home.
+
+Slack rejects a message with more than 50 blocks or a section text over 3,000 characters
+(`invalid_blocks`), so long drafts are split into several messages here; drafts too long even
+for that are attached as a file by the caller (see `MAX_DRAFT_MESSAGES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+MAX_SECTION_CHARS = 3000
+MAX_BLOCKS = 50
+MAX_HOME_BLOCKS = 100
+MAX_HEADER_CHARS = 150
+MAX_TEXT_CHARS = 3000  # fallback/notification text we send; Slack truncates at 40,000
+MAX_DRAFT_MESSAGES = 4
+PROGRESS_TAIL_CHARS = 2800
+
+APPROVE_ACTION = "sop_approve"
+REGENERATE_ACTION = "sop_regenerate"
+DOCX_ACTION = "sop_download_docx"
+
+Block = dict[str, Any]
+
+
+def escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def split_text(text: str, limit: int = MAX_SECTION_CHARS) -> list[str]:
+    """Split at line breaks (or, for a single huge line, hard) into chunks of <= limit."""
+    chunks: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line) > limit:
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(line[:limit])
+            line = line[limit:]
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = candidate
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def sections(text: str) -> list[Block]:
+    """One or more section blocks for `text` (already mrkdwn), each within the limit."""
+    return [section(chunk) for chunk in split_text(text) if chunk.strip()]
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_SECTION_CHARS]}]}
+
+
+def header(text: str) -> Block:
+    text = " ".join(text.split()) or "SOP draft"
+    if len(text) > MAX_HEADER_CHARS:
+        text = text[: MAX_HEADER_CHARS - 1] + "…"
+    return {"type": "header", "text": {"type": "plain_text", "text": text, "emoji": False}}
+
+
+def button(text: str, action_id: str, value: str, style: str | None = None) -> dict:
+    element = {"type": "button", "action_id": action_id, "value": value,
+               "text": {"type": "plain_text", "text": text}}
+    if style:
+        element["style"] = style
+    return element
+
+
+def draft_actions(generation_id: int) -> Block:
+    value = str(generation_id)
+    return {
+        "type": "actions",
+        "block_id": f"sop_draft_{generation_id}",
+        "elements": [
+            button("Approve as example", APPROVE_ACTION, value, "primary"),
+            button("Regenerate", REGENERATE_ACTION, value),
+            button("Download .docx", DOCX_ACTION, value),
+        ],
+    }
+
+
+# --- SOP drafts -----------------------------------------------------------------------------
+
+
+def sop_body_blocks(structure: dict) -> list[Block]:
+    """The SOP itself: title header, then one section block (or more) per SOP section."""
+    blocks: list[Block] = [header(structure.get("title") or "SOP draft")]
+    for part in structure.get("sections", []):
+        heading = " ".join(p for p in (part.get("number"), part.get("heading")) if p)
+        lines = [f"*{escape(heading)}*"]
+        if part.get("body"):
+            lines.append(escape(part["body"]))
+        for item in part.get("items", []):
+            prefix = f"{item['number']} " if item.get("number") else "• "
+            lines.append(escape(prefix + item["text"]))
+        blocks.extend(sections("\n".join(lines)))
+    return blocks
+
+
+def findings_text(findings: Iterable[Any], limit: int = 20) -> str:
+    """Findings as a bulleted mrkdwn list (errors first); `findings` are sop_format Findings."""
+    ordered = sorted(findings, key=lambda f: f.severity != "error")
+    lines = [f"• {'❌' if f.severity == 'error' else '⚠️'} {escape(f.message)}"
+             for f in ordered[:limit]]
+    if len(ordered) > limit:
+        lines.append(f"• …and {len(ordered) - limit} more.")
+    return "\n".join(lines)
+
+
+def compliance_line(findings: list[Any], compliant: bool | None) -> str:
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    if compliant and not findings:
+        return ":white_check_mark: Follows the house format."
+    if compliant:
+        return f":white_check_mark: Follows the house format ({warnings} warning(s))."
+    return f":x: Does not follow the house format yet ({errors} error(s), {warnings} warning(s))."
+
+
+def draft_messages(
+    structure: dict, *, findings: list[Any], compliant: bool | None, model: str | None,
+    mode: str | None, draft_notice: str | None, generation_id: int,
+) -> list[list[Block]]:
+    """The draft as one or more messages of <= 50 blocks; the last carries findings, model
+    and the buttons so they sit under the end of the SOP."""
+    notice = draft_notice or "DRAFT: not approved for use until reviewed under your SOP process."
+    body = [context(f":warning: *{escape(notice)}*")] + sop_body_blocks(structure)
+    footer: list[Block] = [{"type": "divider"}, section(compliance_line(findings, compliant))]
+    if findings:
+        footer.extend(sections(findings_text(findings)))
+    footer.append(context(f"Model: `{escape(model or 'unknown')}` · mode: {escape(mode or '?')}"
+                          f" · draft #{generation_id}"))
+    footer.append(draft_actions(generation_id))
+    blocks = body + footer
+    messages: list[list[Block]] = []
+    while len(blocks) > MAX_BLOCKS:
+        messages.append(blocks[:MAX_BLOCKS])
+        blocks = blocks[MAX_BLOCKS:]
+    messages.append(blocks)
+    return messages
+
+
+def draft_file_summary(
+    structure: dict, *, findings: list[Any], compliant: bool | None, model: str | None,
+    mode: str | None, draft_notice: str | None, generation_id: int,
+) -> list[Block]:
+    """When a draft is too long for Slack messages: a summary; the SOP goes in a file."""
+    notice = draft_notice or "DRAFT: not approved for use until reviewed."
+    blocks = [
+        context(f":warning: *{escape(notice)}*"),
+        header(structure.get("title") or "SOP draft"),
+        section("This draft is too long to show in Slack, so it is attached as a file below."),
+        section(compliance_line(findings, compliant)),
+    ]
+    if findings:
+        blocks.extend(sections(findings_text(findings, limit=10)))
+    blocks.append(context(f"Model: `{escape(model or 'unknown')}` · mode: {escape(mode or '?')}"
+                          f" · draft #{generation_id}"))
+    blocks.append(draft_actions(generation_id))
+    return blocks
+
+
+def progress_text(text: str, requester: str | None = None) -> str:
+    """What a placeholder shows while the draft streams in: the latest part of the text."""
+    tail = text[-PROGRESS_TAIL_CHARS:]
+    if len(text) > PROGRESS_TAIL_CHARS:
+        tail = "…" + tail.split("\n", 1)[-1]
+    return f":hourglass_flowing_sand: Drafting…\n```{tail}```" if tail.strip() else (
+        ":hourglass_flowing_sand: Drafting your SOP…"
+    )
+
+
+# --- status dashboard -------------------------------------------------------------------------
+
+
+def _when(value: Any) -> str:
+    if value in (None, ""):
+        return "—"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M UTC")
+    text = str(value)
+    return text.replace("T", " ")[:16] + (" UTC" if "T" in text else "")
+
+
+def _run_line(run: dict) -> str:
+    parts = [f"#{run.get('id', '?')} {escape(str(run.get('state', '?')))}",
+             _when(run.get("finished_at") or run.get("created_at"))]
+    if run.get("model"):
+        parts.append(f"`{escape(str(run['model']))}`")
+    if run.get("error_message"):
+        parts.append(escape(str(run["error_message"]))[:300])
+    return "• " + " · ".join(parts)
+
+
+def status_blocks(report: dict) -> list[Block]:
+    """The admin dashboard from `sop_pipeline.status.status_report(...).to_dict()`."""
+    blocks: list[Block] = [header("SOP Bot status")]
+    if report.get("active_model"):
+        model = (f"*Active model:* `{escape(report['active_model'])}` since "
+                 f"{_when(report.get('active_model_since'))}")
+    else:
+        model = (f"*Active model:* none fine-tuned yet; drafting with "
+                 f"`{escape(str(report.get('base_model') or '?'))}` and retrieval.")
+    backend = f"*Backend:* {escape(str(report.get('backend', '?')))}"
+    if not report.get("retraining_enabled", True):
+        backend += " (retraining disabled)"
+    blocks.append(section(f"{model}\n{backend}"))
+    blocks.append(section(
+        f"*Examples:* {report.get('approved', 0)} approved, "
+        f"{report.get('new_since_last_training', 0)} of {report.get('threshold', '?')} new "
+        f"since the last training, {report.get('retracted', 0)} retracted."
+    ))
+    blocks.append(section(f"*Next scheduled check:* {_when(report.get('next_check'))}"))
+    run = report.get("active_run")
+    if run:
+        loss = ""
+        if run.get("train_loss") is not None:
+            loss = f", step {run.get('step')}, latest loss {float(run['train_loss']):.4f}"
+        if run.get("valid_loss") is not None:
+            loss += f" (validation {float(run['valid_loss']):.4f})"
+        job = f", job `{escape(str(run['job_id']))}`" if run.get("job_id") else ""
+        text = f"*Running:* run #{run.get('id')} {escape(str(run.get('state')))}{job}{loss}"
+        if run.get("error_message"):
+            text += f"\nRetrying after: {escape(str(run['error_message']))[:500]}"
+        blocks.append(section(text))
+    else:
+        blocks.append(section("*Running:* no training run in progress."))
+    runs = report.get("recent_runs") or []
+    if runs:
+        blocks.extend(sections("*Last runs:*\n" + "\n".join(_run_line(r) for r in runs[:5])))
+    days = report.get("days_to_cutoff")
+    if days is not None:
+        icon = ":warning: " if int(days) <= 30 else ""
+        blocks.append(context(
+            f"{icon}{int(days)} day(s) left before the provider's fine-tuning cutoff; base "
+            f"model shutdown in {report.get('days_to_shutdown', '?')} day(s)."
+        ))
+    if report.get("deprecation_warning"):
+        blocks.append(context(f":warning: {escape(str(report['deprecation_warning']))}"))
+    return blocks[:MAX_BLOCKS]
+
+
+def how_to_blocks() -> list[Block]:
+    return [
+        header("SOP Bot"),
+        section("I draft Standard Operating Procedures in your house format and learn from "
+                "the ones your approvers sign off."),
+        section("*Draft an SOP:* type `/sop Write an SOP for cleaning the tablet press` in a "
+                "channel I'm in. I reply in a thread with a DRAFT you can review, regenerate "
+                "or download as .docx."),
+        section("*Approve an SOP as a training example:* approvers react with :white_check_mark:"
+                " to a draft or to a compliant SOP posted in a watched channel (text, .txt, .md "
+                "or .docx). Removing the reaction retracts it."),
+        context("Drafts are never approved documents: review them under your SOP process."),
+    ]
+
+
+def home_view(report: dict | None, *, is_admin: bool) -> dict:
+    """App Home: the dashboard for admins, the how-to for everyone else."""
+    blocks = how_to_blocks()
+    if is_admin and report is not None:
+        blocks = status_blocks(report) + [{"type": "divider"}] + blocks
+    return {"type": "home", "blocks": blocks[:MAX_HOME_BLOCKS]}
+
+
+def plain(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """Notification text within a sane length."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

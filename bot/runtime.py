@@ -1,0 +1,171 @@
+"""What every Slack handler shares: services, the Web API client, the worker pool, who may do
+what, and "handle this event once".
+
+Slack wants an HTTP answer within 3 seconds, so listeners acknowledge first and work in a
+bounded thread pool. The pool counts its pending work so tests (and a graceful shutdown) can
+wait until the bot is idle instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import IntegrityError
+
+from sop_pipeline.models import ProcessedEvent
+from sop_pipeline.services import Services
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 64  # drafts stream for up to a couple of minutes each; many run at once
+
+
+class TrackedExecutor(Executor):
+    """A bounded ThreadPoolExecutor that knows how much work is pending (for `wait_idle`)."""
+
+    def __init__(self, max_workers: int = DEFAULT_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sop-bot")
+        self._idle = threading.Condition()
+        self._pending = 0
+        self.max_workers = max_workers
+
+    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
+        with self._idle:
+            self._pending += 1
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: Future | None) -> None:
+        with self._idle:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.notify_all()
+
+    @property
+    def pending(self) -> int:
+        with self._idle:
+            return self._pending
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no work is pending (including work submitted meanwhile); False on
+        timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class People:
+    """A set of Slack users given as user ids (U…/W…) and/or user-group ids (S…).
+
+    Groups are resolved with usergroups.users.list and cached for `ttl` seconds, so a person
+    added to the QA approvers group can approve within minutes without a restart. A group that
+    cannot be read counts as empty: approval rights fail closed.
+    """
+
+    def __init__(
+        self, client: WebClient, ids: list[str], *, ttl: float = 300.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.users = {i for i in ids if not i.startswith("S")}
+        self.groups = [i for i in ids if i.startswith("S")]
+        self.ttl = ttl
+        self.monotonic = monotonic
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.groups)
+
+    def contains(self, user_id: str | None) -> bool:
+        if not user_id:
+            return False
+        if user_id in self.users:
+            return True
+        return any(user_id in self._members(group) for group in self.groups)
+
+    def _members(self, group: str) -> frozenset[str]:
+        now = self.monotonic()
+        with self._lock:
+            cached = self._cache.get(group)
+            if cached and now - cached[0] < self.ttl:
+                return cached[1]
+        try:
+            members = frozenset(self.client.usergroups_users_list(usergroup=group)["users"])
+        except SlackApiError as exc:
+            log.warning("cannot read user group %s: %s", group, exc.response.get("error"))
+            members = frozenset()
+        with self._lock:
+            self._cache[group] = (now, members)
+        return members
+
+
+@dataclass
+class BotContext:
+    """Everything a handler needs; built once by `bot.app.build_app`."""
+
+    services: Services
+    client: WebClient
+    executor: TrackedExecutor
+    approvers: People
+    admins: People
+    monotonic: Callable[[], float] = time.monotonic
+    scheduler: object | None = None  # APScheduler, for "next scheduled check" in status
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def settings(self):  # noqa: ANN201 - Settings
+        return self.services.settings
+
+    @property
+    def bot_token(self) -> str | None:
+        return self.client.token
+
+    def watched(self, channel: str | None) -> bool:
+        """Empty SOP_WATCHED_CHANNELS means every channel the bot is in."""
+        watched = self.settings.sop_watched_channels
+        return bool(channel) and (not watched or channel in watched)
+
+    def is_admin(self, user_id: str | None) -> bool:
+        return self.admins.contains(user_id)
+
+    def is_approver(self, user_id: str | None) -> bool:
+        return self.approvers.contains(user_id)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        return self.executor.wait_idle(timeout)
+
+    def claim(self, key: str) -> bool:
+        """True the first time `key` is claimed by any instance sharing the database.
+
+        Slack retries events it thinks we missed (X-Slack-Retry-Num) and several instances
+        may receive the same event; the primary key on ProcessedEvent makes exactly one win.
+        """
+        from sop_pipeline.examples import dialect_insert
+
+        with self.services.session() as session:
+            # RETURNING, not rowcount: psycopg reports rowcount -1 for ORM-enabled inserts.
+            statement = dialect_insert(session, ProcessedEvent).values(
+                key=key[:200], created_at=self.services.clock()
+            ).on_conflict_do_nothing().returning(ProcessedEvent.key)
+            try:
+                inserted = session.execute(statement).first() is not None
+                session.commit()
+            except IntegrityError:  # pragma: no cover - ON CONFLICT covers it
+                session.rollback()
+                return False
+        return inserted

@@ -1,0 +1,177 @@
+"""Admin surfaces: `/sop-retrain`, `/sop-status`, App Home, admin-channel notifications, the
+Regenerate and Download .docx buttons, and start-up configuration errors."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from bot import blocks
+from bot.notifier import SlackNotifier
+from sop_pipeline.models import Generation, TrainingRun
+from sop_pipeline.notifications import Notification
+from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
+
+SOPS = Path(__file__).parent / "data" / "sops"
+CHANNEL = "CSOP00001"
+ADMIN = "UADMIN001"
+ADMIN_CHANNEL = "CADMIN001"
+REQUEST = "Write an SOP for cleaning of the tablet compression machine"
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+    fake.assert_contract_ok()
+
+
+@pytest.fixture
+def bot(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
+    factory = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
+    yield factory.start(sop_admins=[ADMIN], sop_approvers=[ADMIN],
+                        sop_admin_channel=ADMIN_CHANNEL, retrain_min_new_examples=3)
+    factory.close()
+
+
+def _approve_all(bot, fake: FakeSlack, names: list[str]) -> None:  # noqa: ANN001
+    for name in names:
+        ts = fake.user_posts(CHANNEL, "UAUTHOR01", (SOPS / name).read_text())
+        user_reacts(fake, CHANNEL, ts, ADMIN)
+        bot.slack.reaction("reaction_added", user=ADMIN, channel=CHANNEL, ts=ts)
+    bot.wait()
+
+
+TEN = sorted(p.name for p in SOPS.iterdir())[:10]
+
+
+@pytest.mark.parametrize("command", ["/sop-retrain", "/sop-status"])
+def test_admin_commands_refuse_non_admins(bot, fake_slack, command) -> None:  # noqa: ANN001
+    ack = bot.slack.command(command, user="UNOBODY01", channel=CHANNEL)
+    bot.wait()
+    assert ack.json()["response_type"] == "ephemeral"
+    assert f"Only SOP Bot admins can use {command}" in ack.json()["text"]
+    with bot.ctx.services.session() as session:
+        assert list(session.exec(select(TrainingRun))) == []
+
+
+def test_retrain_starts_a_run_and_answers_with_the_snapshot(bot, fake_slack) -> None:  # noqa: ANN001
+    _approve_all(bot, fake_slack, TEN)
+    assert bot.slack.command("/sop-retrain", user=ADMIN, channel=CHANNEL).status == 200
+    bot.wait()
+    with bot.ctx.services.session() as session:
+        [run] = list(session.exec(select(TrainingRun)))
+    assert run.trigger == "manual" and run.requested_by == ADMIN
+    final = fake_slack.responses[-1]
+    assert final["response_type"] == "ephemeral"
+    assert f"Run id: #{run.id}" in final["text"]
+    assert "Estimated cost: $" in final["text"]
+    assert f"<#{ADMIN_CHANNEL}>" in final["text"]
+
+
+def test_retrain_with_nothing_to_train_says_why(bot, fake_slack) -> None:  # noqa: ANN001
+    bot.slack.command("/sop-retrain", user=ADMIN, channel=CHANNEL)
+    bot.wait()
+    assert fake_slack.responses[-1]["text"].startswith(
+        ":information_source: No training run was started.")
+
+
+def test_status_shows_model_examples_runs_and_cutoff(bot, fake_slack) -> None:  # noqa: ANN001
+    _approve_all(bot, fake_slack, TEN[:2])
+    bot.slack.command("/sop-status", user=ADMIN, channel=CHANNEL)
+    bot.wait()
+    response = fake_slack.responses[-1]
+    text = "\n".join(b["text"]["text"] if isinstance(b.get("text"), dict) else
+                     " ".join(e["text"] for e in b.get("elements", []))
+                     for b in response["blocks"])
+    assert "*Active model:* none fine-tuned yet" in text
+    assert "*Examples:* 2 approved, 2 of 3 new since the last training, 0 retracted." in text
+    assert "no training run in progress" in text
+    assert "day(s) left before the provider's fine-tuning cutoff" in text
+
+
+def test_app_home_shows_the_dashboard_to_admins_and_a_how_to_to_others(bot, fake_slack) -> None:  # noqa: ANN001
+    for user in (ADMIN, "UNOBODY01"):
+        bot.slack.event({"type": "app_home_opened", "user": user, "channel": "D0001",
+                         "tab": "home", "event_ts": "1.1"})
+    bot.wait()
+    admin_view, user_view = fake_slack.views[ADMIN], fake_slack.views["UNOBODY01"]
+    assert admin_view["blocks"][0]["text"]["text"] == "SOP Bot status"
+    assert user_view["blocks"][0]["text"]["text"] == "SOP Bot"
+    assert not any("Active model" in str(b) for b in user_view["blocks"])
+
+
+def test_regenerate_drafts_again_in_the_same_thread(bot, fake_slack, fake_openai) -> None:  # noqa: ANN001
+    bot.slack.command("/sop", REQUEST, user="UREQ00001", channel=CHANNEL)
+    bot.wait()
+    parent = fake_slack.top_level(CHANNEL)[-1]
+    first = fake_slack.replies(CHANNEL, parent["ts"])[0]
+    bot.slack.action(blocks.REGENERATE_ACTION, _generation_id(first), user="UREQ00001",
+                     channel=CHANNEL, message_ts=first["ts"], thread_ts=parent["ts"])
+    bot.wait()
+    drafts = [m for m in fake_slack.replies(CHANNEL, parent["ts"]) if m.get("blocks")]
+    assert len(drafts) == 2
+    assert len(fake_openai.requests_to("/chat/completions")) == 2
+    with bot.ctx.services.session() as session:
+        rows = list(session.exec(select(Generation)))
+    assert [r.request for r in rows] == [REQUEST, REQUEST]
+
+
+def test_download_docx_uploads_the_draft_into_the_thread(bot, fake_slack) -> None:  # noqa: ANN001
+    bot.slack.command("/sop", REQUEST, user="UREQ00001", channel=CHANNEL)
+    bot.wait()
+    parent = fake_slack.top_level(CHANNEL)[-1]
+    draft = fake_slack.replies(CHANNEL, parent["ts"])[0]
+    bot.slack.action(blocks.DOCX_ACTION, _generation_id(draft), user="UREQ00001",
+                     channel=CHANNEL, message_ts=draft["ts"], thread_ts=parent["ts"])
+    bot.wait()
+    [upload] = [m for m in fake_slack.replies(CHANNEL, parent["ts"]) if m.get("files")]
+    meta, content = fake_slack.uploaded_file(upload["files"][0]["id"])
+    assert meta["name"].endswith("-draft.docx")
+    import docx
+
+    text = "\n".join(p.text for p in docx.Document(io.BytesIO(content)).paragraphs)
+    assert "DRAFT" in text and "Procedure" in text
+
+
+def _generation_id(message: dict) -> str:
+    return [b for b in message["blocks"] if b["type"] == "actions"][0]["elements"][0]["value"]
+
+
+def test_slack_notifier_posts_to_the_admin_channel_and_never_raises(bot, fake_slack) -> None:  # noqa: ANN001
+    notifier = SlackNotifier(bot.ctx.client, ADMIN_CHANNEL)
+    notifier.notify(Notification(kind="run_succeeded", text="Run #1 succeeded.", run_id=1))
+    fake_slack.inject("chat.postMessage", "channel_not_found")
+    notifier.notify(Notification(kind="run_failed", text="Run #2 failed.", run_id=2))
+    [message] = fake_slack.top_level(ADMIN_CHANNEL)
+    assert message["text"] == ":white_check_mark: Run #1 succeeded."
+
+
+def test_missing_bot_token_stops_start_up_with_a_sentence(monkeypatch, capsys, tmp_path) -> None:  # noqa: ANN001
+    from bot.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert main() == 2
+    assert "SLACK_BOT_TOKEN is not set" in capsys.readouterr().err
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    assert main() == 2
+    assert "SLACK_SIGNING_SECRET is not set" in capsys.readouterr().err
+
+
+def test_sop_bot_run_is_wired_to_the_bot(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from sop_pipeline.cli import build_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
+    result = CliRunner().invoke(build_app(), ["run"])
+    assert result.exit_code == 2

@@ -1,0 +1,78 @@
+"""HTTP mode: Slack's request signing is enforced, slash commands are acknowledged at once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from sop_pipeline.services import build_services
+from tests.conftest import make_settings
+from tests.fakes.slack_fake import FakeSlack, running_bot, settings_overrides
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+    fake.assert_contract_ok()
+
+
+@pytest.fixture
+def bot(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
+    settings = make_settings(database_url, tmp_path / "data",
+                             openai_base_url=fake_openai.base_url,
+                             **settings_overrides(fake_slack))
+    services = build_services(settings, notifier=notifier)
+    with running_bot(services, fake_slack) as harness:
+        yield harness
+    services.engine.dispose()
+
+
+def test_a_correctly_signed_command_is_acknowledged(bot) -> None:  # noqa: ANN001
+    result = bot.slack.command("/sop", "")
+    assert result.status == 200
+    assert "Tell me which SOP to draft" in result.json()["text"]
+    assert result.json()["response_type"] == "ephemeral"
+
+
+def test_unsigned_request_is_rejected(bot) -> None:  # noqa: ANN001
+    assert bot.slack.command("/sop", "", signed=False).status == 401
+
+
+def test_wrong_secret_is_rejected(bot) -> None:  # noqa: ANN001
+    assert bot.slack.command("/sop", "", secret="not-the-secret").status == 401
+
+
+def test_stale_timestamp_is_rejected(bot) -> None:  # noqa: ANN001
+    six_minutes_ago = int(time.time()) - 6 * 60
+    assert bot.slack.command("/sop", "", timestamp=six_minutes_ago).status == 401
+
+
+def test_tampered_body_is_rejected(bot) -> None:  # noqa: ANN001
+    body = "command=%2Fsop&text=&user_id=U1&channel_id=C1"
+    ts = int(time.time())
+    signature = bot.slack.sign(body, ts)
+    result = bot.slack.post(body + "x", "application/x-www-form-urlencoded", signed=False,
+                            headers={"X-Slack-Request-Timestamp": str(ts),
+                                     "X-Slack-Signature": signature})
+    assert result.status == 401
+
+
+def test_url_verification_challenge_is_answered(bot) -> None:  # noqa: ANN001
+    body = json.dumps({"type": "url_verification", "challenge": "abc123", "token": "t"})
+    result = bot.slack.post(body, "application/json")
+    assert result.status == 200
+    assert "abc123" in result.body
+
+
+def test_other_paths_are_not_found(bot) -> None:  # noqa: ANN001
+    import urllib.error
+    import urllib.request
+
+    url = bot.slack.bot_url.replace("/slack/events", "/elsewhere")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=5)
+    assert info.value.code == 404

@@ -1,0 +1,215 @@
+"""`/sop <request>`: a parent message in the channel, the draft streamed into its thread, and
+the finished draft as Block Kit with findings, model, DRAFT notice and buttons."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from bot import blocks
+from sop_pipeline.models import Generation
+from tests.fakes.slack_fake import BotFactory, FakeSlack, ManualClock
+
+CHANNEL = "CSOP00001"
+USER = "UREQ00001"
+REQUEST = "Write an SOP for cleaning of the tablet compression machine"
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+    fake.assert_contract_ok()
+
+
+@pytest.fixture
+def make_bot(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
+    """Start the bot with extra settings (a factory, so each test picks its settings)."""
+    factory = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
+    yield factory.start
+    factory.close()
+
+
+def _draft_reply(fake: FakeSlack) -> tuple[dict, list[dict]]:
+    parent = fake.top_level(CHANNEL)[-1]
+    return parent, fake.replies(CHANNEL, parent["ts"])
+
+
+def _block_texts(message: dict) -> str:
+    parts = []
+    for block in message.get("blocks", []):
+        if isinstance(block.get("text"), dict):
+            parts.append(block["text"]["text"])
+        for element in block.get("elements", []):
+            parts.append(element.get("text", "") if isinstance(element.get("text"), str)
+                         else (element.get("text") or {}).get("text", ""))
+    return "\n".join(parts)
+
+
+def test_sop_drafts_in_a_thread_with_blocks_and_buttons(make_bot, fake_slack, fake_openai):  # noqa: ANN001
+    bot = make_bot()
+    ack = bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    assert ack.status == 200
+    bot.wait()
+
+    parent, replies = _draft_reply(fake_slack)
+    assert parent["text"] == f"SOP draft requested by <@{USER}>: {REQUEST}"
+    assert len(replies) == 1
+    draft = replies[0]
+    text = _block_texts(draft)
+    assert draft["blocks"][1]["type"] == "header"
+    assert "Tablet Compression Machine" in draft["blocks"][1]["text"]["text"]
+    assert "DRAFT" in text
+    assert "*5.0 Procedure*" in text and "5.1 Put 'OFF' the electric supply" in text
+    assert "Follows the house format" in text
+    assert "Model: `gpt-4o-mini-2024-07-18` · mode: retrieval" in text
+    actions = [b for b in draft["blocks"] if b["type"] == "actions"][0]
+    assert [e["text"]["text"] for e in actions["elements"]] == [
+        "Approve as example", "Regenerate", "Download .docx"]
+
+    with bot.ctx.services.session() as session:
+        row = session.get(Generation, int(actions["elements"][0]["value"]))
+    assert (row.slack_channel, row.slack_thread_ts, row.slack_ts) == (
+        CHANNEL, parent["ts"], draft["ts"])
+    assert row.status == "completed" and row.requester == USER
+    assert fake_openai.requests_to("/chat/completions")[0].json["stream"] is True
+
+
+def test_streaming_preview_updates_at_most_once_per_interval(make_bot, fake_slack):  # noqa: ANN001
+    clock = ManualClock()
+    bot = make_bot(clock=clock, slack_update_interval_seconds=5)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    updates = fake_slack.calls_to("chat.update")
+    # The clock never moved: one preview edit, then the final draft.
+    assert len(updates) == 2
+    assert updates[0].params["text"].startswith(":hourglass_flowing_sand: Drafting")
+    assert "blocks" in updates[1].params
+
+
+def test_streaming_preview_follows_the_text_when_the_interval_is_zero(make_bot, fake_slack):  # noqa: ANN001
+    bot = make_bot(slack_update_interval_seconds=0)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    previews = [c.params["text"] for c in fake_slack.calls_to("chat.update")][:-1]
+    assert len(previews) > 10
+    assert "6.0 Abbreviations" in previews[-1]
+
+
+def test_empty_request_gets_a_usage_hint_and_posts_nothing(make_bot, fake_slack):  # noqa: ANN001
+    bot = make_bot()
+    ack = bot.slack.command("/sop", "   ", user=USER, channel=CHANNEL)
+    bot.wait()
+    assert ack.json() == {"text": blocks_usage(), "response_type": "ephemeral"}
+    assert fake_slack.calls_to("chat.postMessage") == []
+
+
+def blocks_usage() -> str:
+    from bot.commands import USAGE
+
+    return USAGE
+
+
+def test_a_request_that_is_not_an_sop_is_refused_with_a_sentence(make_bot, fake_slack, fake_openai):  # noqa: ANN001, E501
+    bot = make_bot()
+    ack = bot.slack.command("/sop", "what's for lunch?", user=USER, channel=CHANNEL)
+    bot.wait()
+    assert ack.json()["response_type"] == "ephemeral"
+    assert "doesn't look like a request for an SOP" in ack.json()["text"]
+    assert fake_slack.calls_to("chat.postMessage") == []
+    assert fake_openai.requests_to("/chat/completions") == []
+
+
+def test_not_in_channel_tells_the_user_to_invite_the_bot(make_bot, fake_slack):  # noqa: ANN001
+    bot = make_bot()
+    fake_slack.not_member.add(CHANNEL)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    assert len(fake_slack.responses) == 1
+    assert "/invite @SOP Bot" in fake_slack.responses[0]["text"]
+    assert fake_slack.responses[0]["response_type"] == "ephemeral"
+
+
+def test_rate_limited_posts_are_retried_after_retry_after(make_bot, fake_slack):  # noqa: ANN001
+    bot = make_bot()
+    fake_slack.inject("chat.postMessage", "ratelimited", retry_after=7, times=1)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    assert bot.sleeps == [7.0]
+    parent, replies = _draft_reply(fake_slack)
+    assert parent["text"].startswith("SOP draft requested by")
+    assert replies and replies[0].get("blocks")
+
+
+def test_a_draft_slack_refuses_as_too_long_is_attached_as_a_file(make_bot, fake_slack):  # noqa: ANN001
+    bot = make_bot()
+    fake_slack.inject("chat.update", "msg_too_long", when=lambda params: "blocks" in params)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    parent, replies = _draft_reply(fake_slack)
+    uploads = [m for m in replies if m.get("files")]
+    assert uploads, "the draft should be attached as a file"
+    meta, content = fake_slack.uploaded_file(uploads[0]["files"][0]["id"])
+    assert meta["name"].endswith(".md")
+    assert b"5.0 Procedure" in content
+    assert "too long to show in Slack" in _block_texts(replies[0])
+
+
+def test_a_failed_generation_edits_the_reply_into_a_sentence(make_bot, fake_slack, fake_openai):  # noqa: ANN001
+    bot = make_bot()
+    fake_openai.inject("POST", "/chat/completions", status=401, times=10)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    _, replies = _draft_reply(fake_slack)
+    assert replies[0]["text"].startswith(":x: I couldn't draft this SOP.")
+    assert "blocks" not in replies[0] or not replies[0]["blocks"]
+
+
+def test_fifty_drafts_stream_in_parallel(make_bot, fake_slack):  # noqa: ANN001
+    """Each draft's first streamed preview waits on a barrier for all 50: if drafting were
+    serialised anywhere, the barrier would break and the previews would fail."""
+    bot = make_bot(openai_timeout_seconds=60, slack_update_interval_seconds=1000)
+    barrier = threading.Barrier(50, timeout=30)
+    passed: list[int] = []
+
+    def hold_first_previews(method: str, params: dict) -> None:
+        if method == "chat.update" and str(params.get("text", "")).startswith(
+                ":hourglass_flowing_sand: Drafting…"):
+            passed.append(barrier.wait())
+
+    fake_slack.before_call = hold_first_previews
+    for n in range(50):
+        assert bot.slack.command("/sop", f"{REQUEST} number {n}", user=USER,
+                                 channel=CHANNEL).status == 200
+    bot.wait(timeout=90)
+    assert sorted(passed) == list(range(50))
+    with bot.ctx.services.session() as session:
+        from sqlmodel import select
+
+        rows = list(session.exec(select(Generation)))
+    assert len(rows) == 50
+    assert {r.status for r in rows} == {"completed"}
+
+
+def test_draft_blocks_respect_slack_limits() -> None:
+    long_step = "Wipe the surface " * 400  # ~6,800 characters in one step
+    structure = {
+        "title": "T" * 300,
+        "sections": [{"number": "5.0", "key": "procedure", "heading": "Procedure", "body": "",
+                      "items": [{"number": f"5.{i}", "text": long_step} for i in range(1, 40)]}],
+    }
+    messages = blocks.draft_messages(structure, findings=[], compliant=True, model="m",
+                                     mode="retrieval", draft_notice="DRAFT", generation_id=1)
+    assert len(messages) > 1
+    for message in messages:
+        assert len(message) <= blocks.MAX_BLOCKS
+        for block in message:
+            if block["type"] == "section":
+                assert len(block["text"]["text"]) <= blocks.MAX_SECTION_CHARS
+            if block["type"] == "header":
+                assert len(block["text"]["text"]) <= blocks.MAX_HEADER_CHARS
+    assert messages[-1][-1]["type"] == "actions"
+    joined = "".join(b["text"]["text"] for m in messages for b in m if b["type"] == "section")
+    assert joined.count("Wipe the surface") == 39 * 400

@@ -55,6 +55,8 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
 
     from bot.app import build_app, build_context
     from bot.notifier import SlackNotifier
+    from bot.recovery import recover_abandoned_drafts
+    from bot.recovery import schedule as schedule_recovery
     from sop_pipeline.notifications import FanOutNotifier, LoggingNotifier
     from sop_pipeline.services import build_services
     from sop_pipeline.training.scheduler import build_scheduler
@@ -71,9 +73,11 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     except BoltError as exc:
         raise StartupError(f"Slack rejected SLACK_BOT_TOKEN ({exc}). Copy the Bot User OAuth "
                            "Token (xoxb-...) from the app's OAuth & Permissions page.") from None
+    recover_abandoned_drafts(context)
     scheduler = build_scheduler(services) if settings.scheduler_enabled else None
     context.scheduler = scheduler
     if scheduler is not None:
+        schedule_recovery(context, scheduler)
         scheduler.start()
     try:
         if socket_mode:

@@ -91,6 +91,7 @@ class Generation(SQLModel, table=True):
     draft_text: str | None = Field(default=None, sa_column=Column(Text))
     status: str = Field(default="pending", index=True, max_length=20)
     # pending | streaming | completed | failed | rejected
+    worker: str | None = Field(default=None, max_length=120)  # host:pid drafting it
     error: str | None = Field(default=None, sa_column=Column(Text))
     slack_channel: str | None = Field(default=None, max_length=32, index=True)
     slack_thread_ts: str | None = Field(default=None, max_length=32)

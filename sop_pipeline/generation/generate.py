@@ -35,6 +35,7 @@ from sqlmodel import Session, select
 
 from sop_pipeline import model_registry, sop_format
 from sop_pipeline.generation import prompts, requests
+from sop_pipeline.generation.recovery import current_worker
 from sop_pipeline.generation.redaction import Redactor, make_redactor
 from sop_pipeline.generation.retrieval import Document, ids, retrieve
 from sop_pipeline.generation.retry import (
@@ -143,7 +144,7 @@ def start_generation(
     """Validate the request and store a pending Generation (committed). No provider call."""
     text = validate_request(request, services.settings.sop_max_request_chars)
     row = Generation(
-        request=text, requester=requester, status="pending",
+        request=text, requester=requester, status="pending", worker=current_worker(),
         slack_channel=slack_channel, slack_thread_ts=slack_thread_ts,
         created_at=services.clock(),
     )
@@ -341,7 +342,7 @@ def _claim(services: Services, generation_id: int) -> tuple[Generation, bool]:
         result = session.execute(
             update(Generation)
             .where(Generation.id == generation_id, claimable)
-            .values(status="streaming", error=None)
+            .values(status="streaming", error=None, worker=current_worker())
         )
         session.commit()
         row = session.get(Generation, generation_id)

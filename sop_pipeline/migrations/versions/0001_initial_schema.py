@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 18:20:44.594216
+Create Date: 2026-11-25 18:58:51.871984
 """
 
 from collections.abc import Sequence
@@ -72,6 +72,7 @@ def upgrade() -> None:
     sa.Column('retrieved_example_ids', sa.JSON(), nullable=True),
     sa.Column('draft_text', sa.Text(), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('worker', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('slack_channel', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
     sa.Column('slack_thread_ts', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),

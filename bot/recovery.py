@@ -1,0 +1,41 @@
+"""After a crash: drafts a dead worker left unfinished get a sentence in their thread.
+
+Runs at start-up and then on the scheduler; the pipeline decides which drafts are abandoned
+(`sop_pipeline.generation.recovery`), this module only edits their Slack replies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk.errors import SlackApiError
+
+from bot.runtime import BotContext
+from sop_pipeline.generation.recovery import fail_abandoned_drafts
+
+log = logging.getLogger(__name__)
+RECOVERY_INTERVAL_MINUTES = 5
+
+
+def recover_abandoned_drafts(ctx: BotContext) -> int:
+    """Fail abandoned drafts and replace their placeholders; returns how many were found."""
+    drafts = fail_abandoned_drafts(ctx.services)
+    for draft in drafts:
+        if not (draft.slack_channel and draft.slack_ts):
+            continue
+        try:
+            ctx.client.chat_update(channel=draft.slack_channel, ts=draft.slack_ts,
+                                   text=f":x: {draft.error}", blocks=[])
+        except SlackApiError as exc:
+            log.warning("could not mark abandoned draft %s in Slack: %s", draft.id,
+                        exc.response.get("error"))
+    if drafts:
+        log.info("marked %d abandoned draft(s) failed", len(drafts))
+    return len(drafts)
+
+
+def schedule(ctx: BotContext, scheduler) -> None:  # noqa: ANN001 - APScheduler scheduler
+    """Check for abandoned drafts every few minutes (drafts of instances on other hosts)."""
+    scheduler.add_job(recover_abandoned_drafts, "interval", minutes=RECOVERY_INTERVAL_MINUTES,
+                      kwargs={"ctx": ctx}, id="recover_abandoned_drafts",
+                      max_instances=1, coalesce=True, replace_existing=True)

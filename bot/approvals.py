@@ -153,9 +153,13 @@ def find_candidate(ctx: BotContext, channel: str, ts: str) -> Candidate:
 # --- approving and telling people ------------------------------------------------------------
 
 
-def approve(ctx: BotContext, candidate: Candidate, approver: str) -> ApprovalResult:
+def approve(ctx: BotContext, candidate: Candidate, approver: str,
+            claim_key: str | None = None) -> ApprovalResult | None:
+    """Store the approval; None when `claim_key` was already handled (by any instance)."""
     services = ctx.services
     with services.session() as session:
+        if claim_key is not None and not ctx.claim_in(session, claim_key):
+            return None
         result = approve_sop(
             session, services.template, services.settings, text=candidate.text,
             prompt=candidate.prompt, source="slack", approver=approver,
@@ -200,14 +204,19 @@ def announce(ctx: BotContext, candidate: Candidate, approver: str,
         ephemeral(ctx, candidate.channel, approver, blocks.escape(result.message), thread)
 
 
-def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str) -> None:
-    """The whole ✅ path for one message (after the approver/channel checks)."""
+def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
+                    claim_key: str | None = None) -> None:
+    """The whole ✅ path for one message (after the approver/channel checks). `claim_key`
+    makes a re-delivered event answer once; it commits with the example itself."""
     try:
         candidate = find_candidate(ctx, channel, ts)
     except NotAnSop as exc:
-        ephemeral(ctx, channel, approver, str(exc))
+        if claim_key is None or ctx.claim(claim_key):
+            ephemeral(ctx, channel, approver, str(exc))
         return
-    result = approve(ctx, candidate, approver)
+    result = approve(ctx, candidate, approver, claim_key)
+    if result is None:
+        return
     log.info("approval by %s of %s/%s: %s", approver, channel, ts, result.status)
     announce(ctx, candidate, approver, result, reacted_ts=ts)
 

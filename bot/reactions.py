@@ -2,7 +2,9 @@
 example, and remove the reaction to retract it.
 
 Slack re-delivers events it thinks we missed (X-Slack-Retry-Num) and several instances may
-share one database, so each event is claimed once by its event_id before anything happens.
+share one database, so each event is claimed once by its event_id. An approval's claim commits
+in the same transaction as the example, so a crash in between loses neither: the re-delivered
+event is processed again.
 """
 
 from __future__ import annotations
@@ -46,14 +48,16 @@ def _event_key(body: dict, event: dict) -> str:
 
 
 def on_reaction_added(body: dict, event: dict, *, ctx: BotContext) -> None:
-    if not _relevant(ctx, event) or not ctx.claim(_event_key(body, event)):
+    if not _relevant(ctx, event):
         return
-    user, item = event.get("user"), event["item"]
+    user, item, key = event.get("user"), event["item"], _event_key(body, event)
     if not ctx.is_approver(user):
-        approvals.ephemeral(ctx, item["channel"], user,
-                            approvals.NOT_APPROVER.format(emoji=event.get("reaction")))
+        if ctx.claim(key):
+            approvals.ephemeral(ctx, item["channel"], user,
+                                approvals.NOT_APPROVER.format(emoji=event.get("reaction")))
         return
-    approvals.approve_message(ctx, channel=item["channel"], ts=item["ts"], approver=user)
+    approvals.approve_message(ctx, channel=item["channel"], ts=item["ts"], approver=user,
+                              claim_key=key)
 
 
 def on_reaction_removed(body: dict, event: dict, *, ctx: BotContext) -> None:

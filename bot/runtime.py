@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from sop_pipeline.models import ProcessedEvent
 from sop_pipeline.services import Services
@@ -155,17 +156,23 @@ class BotContext:
         Slack retries events it thinks we missed (X-Slack-Retry-Num) and several instances
         may receive the same event; the primary key on ProcessedEvent makes exactly one win.
         """
-        from sop_pipeline.examples import dialect_insert
-
         with self.services.session() as session:
-            # RETURNING, not rowcount: psycopg reports rowcount -1 for ORM-enabled inserts.
-            statement = dialect_insert(session, ProcessedEvent).values(
-                key=key[:200], created_at=self.services.clock()
-            ).on_conflict_do_nothing().returning(ProcessedEvent.key)
             try:
-                inserted = session.execute(statement).first() is not None
+                inserted = self.claim_in(session, key)
                 session.commit()
             except IntegrityError:  # pragma: no cover - ON CONFLICT covers it
                 session.rollback()
                 return False
         return inserted
+
+    def claim_in(self, session: Session, key: str) -> bool:
+        """Claim `key` inside the caller's transaction, so the claim commits together with the
+        work it guards: a crash before the commit leaves neither, and Slack's re-delivery of
+        the event is processed instead of being skipped as already handled."""
+        from sop_pipeline.examples import dialect_insert
+
+        # RETURNING, not rowcount: psycopg reports rowcount -1 for ORM-enabled inserts.
+        statement = dialect_insert(session, ProcessedEvent).values(
+            key=key[:200], created_at=self.services.clock()
+        ).on_conflict_do_nothing().returning(ProcessedEvent.key)
+        return session.execute(statement).first() is not None

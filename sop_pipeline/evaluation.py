@@ -397,7 +397,8 @@ def evaluate_model(
     that cannot answer is never promoted; trouble that may pass (rate limits, 5xx, timeouts)
     raises a retryable `BackendError`, so the lifecycle tries the evaluation again later.
     """
-    from sop_pipeline.generation.retry import Clock, is_retryable, retry_after_seconds
+    from sop_pipeline.generation.retry import Clock, is_retryable
+    from sop_pipeline.providers import retry_after_seconds
     from sop_pipeline.tokens import count_tokens
 
     clock = clock or Clock()

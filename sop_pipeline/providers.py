@@ -5,6 +5,9 @@ Our own retry loops (with Retry-After) sit above these clients, so the SDK's ret
 
 from __future__ import annotations
 
+import email.utils
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sop_pipeline.settings import Settings
@@ -56,3 +59,30 @@ def make_azure_client(settings: Settings, *, timeout: float | None = None) -> op
         timeout=timeout or settings.openai_timeout_seconds,
         max_retries=0,
     )
+
+
+def retry_after_seconds(exc: BaseException, now: Callable[[], float] = time.time) -> float | None:
+    """The wait a provider error asks for (`retry-after-ms`, `Retry-After` seconds or an HTTP
+    date), or None; generation and training back off by it alike."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - now())

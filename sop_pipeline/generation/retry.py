@@ -7,7 +7,6 @@ user waits. `sleep` and `monotonic` are injected so tests drive time instead of 
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import time
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import openai
+
+from sop_pipeline.providers import retry_after_seconds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,32 +75,6 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     # An error event inside an SSE stream (plain APIError) is the server failing mid-answer.
     return type(exc) is openai.APIError
-
-
-def retry_after_seconds(exc: BaseException, now: Callable[[], float] = time.time) -> float | None:
-    """The provider's requested wait: `retry-after-ms`, `retry-after` seconds or HTTP date."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        parsed = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, parsed.timestamp() - now())
 
 
 def backoff_delay(attempt: int, exc: BaseException, clock: Clock) -> float:

@@ -8,17 +8,17 @@ lets a restarted bot find the job it created before a crash instead of creating 
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import openai
 
 from sop_pipeline.models import utcnow
+from sop_pipeline.providers import retry_after_seconds
 from sop_pipeline.training.backend import (
     BackendError,
     JobEvent,
@@ -39,33 +39,6 @@ def sanitize_suffix(value: str) -> str:
     """A suffix the API accepts: lower-case letters, digits and dashes, at most 64 chars."""
     cleaned = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:MAX_SUFFIX_CHARS]
     return cleaned.strip("-") or "sop-bot"
-
-
-def _retry_after(response: object) -> float | None:
-    """Seconds from `retry-after-ms` / `Retry-After` (seconds or an HTTP date), else None."""
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _error_details(exc: openai.APIStatusError) -> tuple[str | None, str]:
@@ -96,7 +69,7 @@ def map_error(exc: Exception) -> BackendError:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         code, message = _error_details(exc)
-        retry_after = _retry_after(exc.response)
+        retry_after = retry_after_seconds(exc)
         if status == 429 and code != "insufficient_quota":
             return BackendError(message, code=code or "rate_limit_exceeded", retryable=True,
                                 retry_after=retry_after, status=status)

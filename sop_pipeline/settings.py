@@ -7,6 +7,7 @@ names the variable, because a half-configured bot in a regulated plant is worse 
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from pathlib import Path
@@ -24,9 +25,16 @@ class SettingsError(ValueError):
 
 
 def _split_list(value: object) -> object:
-    """Accept "a, b,c" (what people write in .env) as well as real lists."""
+    """Accept "a, b,c" (what people write in .env), a JSON list (for items that contain
+    commas, such as a regex like `\\d{3,4}`) and real lists."""
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("looks like a JSON list but is not valid JSON") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
 

@@ -89,3 +89,8 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(env_file=None)
     assert "very-secret" not in repr(settings)
     assert settings.secret("openai_api_key") == "sk-very-secret"
+
+
+def test_a_json_list_allows_regexes_with_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOP_REDACT_PATTERNS", '["email", "LOT-\\\\d{3,4}"]')
+    assert load_settings(env_file=None).sop_redact_patterns == ["email", "LOT-\\d{3,4}"]

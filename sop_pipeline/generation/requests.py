@@ -54,9 +54,13 @@ _SMALL_TALK = re.compile(
 )
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def normalize_request(text: str) -> str:
-    """Trim, drop a leading '/sop' someone typed twice, and collapse runs of blank space."""
-    text = (text or "").strip()
+    """Trim, drop control characters (terminal escapes, NUL: PostgreSQL refuses to store it),
+    drop a leading '/sop' someone typed twice, and collapse runs of blank space."""
+    text = _CONTROL.sub(" ", text or "").strip()
     text = re.sub(r"^/sop\b", "", text, flags=re.IGNORECASE).strip()
     return re.sub(r"[ \t]+", " ", text)
 

@@ -59,10 +59,12 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     from bot.recovery import schedule as schedule_recovery
     from sop_pipeline.notifications import FanOutNotifier, LoggingNotifier
     from sop_pipeline.services import build_services
+    from sop_pipeline.tokens import warm_up as warm_up_tokenizer
     from sop_pipeline.training.scheduler import build_scheduler
 
     notifier = FanOutNotifier(LoggingNotifier())
     services = build_services(settings, notifier=notifier)
+    warm_up_tokenizer()  # before the first request, not in 50 racing drafting threads
     context = build_context(services)
     if settings.sop_admin_channel:
         notifier.notifiers.append(SlackNotifier(context.client, settings.sop_admin_channel))

@@ -25,7 +25,8 @@ from sop_pipeline.services import Services
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = 64  # drafts stream for up to a couple of minutes each; many run at once
+DEFAULT_WORKERS = 256  # a draft holds its worker while it streams (up to minutes), and a
+# command is acknowledged only once a worker picks it up: keep acks from queueing behind drafts
 
 
 class TrackedExecutor(Executor):

@@ -6,6 +6,7 @@ fakes' URLs. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,8 @@ class Services:
     engine: Engine
     notifier: Notifier = field(default_factory=LoggingNotifier)
     clock: Callable[[], datetime] = utcnow
+    _openai_client: openai.OpenAI | None = field(default=None, init=False, repr=False)
+    _client_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def session(self) -> Session:
         """A new session; callers commit explicitly (or use `db.session_scope`)."""
@@ -45,8 +48,15 @@ class Services:
         return load_template(self.settings.sop_template)
 
     def openai_client(self, *, timeout: float | None = None) -> openai.OpenAI:
-        """A fresh OpenAI-compatible client (cheap; one per job keeps threads independent)."""
-        return make_openai_client(self.settings, timeout=timeout)
+        """The OpenAI-compatible client. One shared client (thread-safe, with a connection
+        pool) serves every draft: building one per draft costs an SSL context and new TCP
+        connections each time. A custom `timeout` gets a client of its own."""
+        if timeout is not None:
+            return make_openai_client(self.settings, timeout=timeout)
+        with self._client_lock:
+            if self._openai_client is None:
+                self._openai_client = make_openai_client(self.settings)
+            return self._openai_client
 
 
 def build_services(

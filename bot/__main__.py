@@ -7,6 +7,7 @@ sentence naming the variable.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -57,6 +58,7 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     from bot.notifier import SlackNotifier
     from bot.recovery import recover_abandoned_drafts
     from bot.recovery import schedule as schedule_recovery
+    from sop_pipeline.charts import record_chart_url
     from sop_pipeline.notifications import FanOutNotifier, LoggingNotifier
     from sop_pipeline.services import build_services
     from sop_pipeline.tokens import warm_up as warm_up_tokenizer
@@ -67,7 +69,9 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     warm_up_tokenizer()  # before the first request, not in 50 racing drafting threads
     context = build_context(services)
     if settings.sop_admin_channel:
-        notifier.notifiers.append(SlackNotifier(context.client, settings.sop_admin_channel))
+        notifier.notifiers.append(SlackNotifier(
+            context.client, settings.sop_admin_channel,
+            on_chart_posted=functools.partial(record_chart_url, services)))
     else:
         log.warning("SOP_ADMIN_CHANNEL is not set: training notifications go to the log only")
     try:

@@ -204,6 +204,8 @@ def _run_line(run: dict) -> str:
         parts.append(f"`{escape(str(run['model']))}`")
     if run.get("error_message"):
         parts.append(escape(str(run["error_message"]))[:300])
+    if run.get("chart_url"):
+        parts.append(f"<{run['chart_url']}|loss chart>")
     return "• " + " · ".join(parts)
 
 

@@ -7,6 +7,7 @@ swallowed: a Slack outage must never fail a training run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from slack_sdk import WebClient
@@ -28,9 +29,13 @@ ICONS = {
 class SlackNotifier:
     """Implements `sop_pipeline.notifications.Notifier` by posting to the admin channel."""
 
-    def __init__(self, client: WebClient, channel: str) -> None:
+    def __init__(
+        self, client: WebClient, channel: str, *,
+        on_chart_posted: Callable[[int, str], None] | None = None,
+    ) -> None:
         self.client = client
         self.channel = channel
+        self.on_chart_posted = on_chart_posted  # (run id, permalink): /sop-status links it
 
     def notify(self, notification: Notification) -> None:
         icon = ICONS.get(notification.kind, ":information_source:")
@@ -38,9 +43,10 @@ class SlackNotifier:
         try:
             path = notification.data.get("path") or notification.data.get("chart_path")
             if notification.kind == "chart" and path and Path(path).is_file():
-                self.client.files_upload_v2(channel=self.channel, file=str(path),
-                                            filename=Path(path).name, title=notification.text,
-                                            initial_comment=text)
+                response = self.client.files_upload_v2(
+                    channel=self.channel, file=str(path), filename=Path(path).name,
+                    title=notification.text, initial_comment=text)
+                self._remember_chart(notification, response)
                 return
             self.client.chat_postMessage(channel=self.channel, text=text)
         except SlackApiError as exc:
@@ -48,3 +54,12 @@ class SlackNotifier:
                         exc.response.get("error"))
         except Exception:  # noqa: BLE001 - never let Slack break training
             log.exception("could not post %s to %s", notification.kind, self.channel)
+
+    def _remember_chart(self, notification: Notification, response) -> None:  # noqa: ANN001
+        files = response.get("files") or [response.get("file") or {}]
+        file_id = (files[0] or {}).get("id") if files else None
+        if not (self.on_chart_posted and notification.run_id and file_id):
+            return
+        permalink = self.client.files_info(file=file_id)["file"].get("permalink")
+        if permalink:
+            self.on_chart_posted(notification.run_id, permalink)

@@ -75,6 +75,16 @@ def default_chart_path(services, run_id: int) -> Path:  # noqa: ANN001 - Service
     return Path(services.settings.data_dir) / "charts" / f"run-{run_id}-loss.png"
 
 
+def record_chart_url(services, run_id: int, url: str) -> None:  # noqa: ANN001 - Services
+    """Remember where the posted chart lives, so status reports can link to it."""
+    with services.session() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is not None:
+            run.chart_url = url
+            session.add(run)
+            session.commit()
+
+
 def publish_run_report(services, run: TrainingRun) -> Path | None:  # noqa: ANN001 - Services
     """After a run ends: draw its loss chart, store the path on the run, tell the admins.
 

@@ -168,6 +168,7 @@ class TrainingRun(SQLModel, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     eval_scores: dict = Field(default_factory=dict, sa_column=Column(JSON))
     chart_path: str | None = None
+    chart_url: str | None = None  # where admins can open the loss chart (Slack permalink)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

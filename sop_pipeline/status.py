@@ -83,7 +83,7 @@ def _run_row(run) -> dict:  # noqa: ANN001 - TrainingRun
     return {
         "id": run.id, "state": run.state, "model": run.fine_tuned_model,
         "created_at": _iso(run.created_at), "error_code": run.error_code,
-        "error_message": run.error_message,
+        "error_message": run.error_message, "chart_url": run.chart_url,
     }
 
 

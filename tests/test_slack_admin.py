@@ -175,3 +175,40 @@ def test_sop_bot_run_is_wired_to_the_bot(monkeypatch, tmp_path) -> None:  # noqa
     monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
     result = CliRunner().invoke(build_app(), ["run"])
     assert result.exit_code == 2
+
+
+def test_loss_chart_is_uploaded_to_the_admin_channel_and_linked_from_status(
+    bot, fake_slack, tmp_path  # noqa: ANN001
+) -> None:
+    from sop_pipeline.charts import record_chart_url
+
+    services = bot.ctx.services
+    chart = tmp_path / "run-1-loss.png"
+    chart.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    with services.session() as session:
+        session.add(TrainingRun(id=1, snapshot_id=_snapshot_id(services), state="promoted",
+                                active_lock=None, fine_tuned_model="ft:gpt-4o-mini:x:sop:1"))
+        session.commit()
+    notifier = SlackNotifier(bot.ctx.client, ADMIN_CHANNEL,
+                             on_chart_posted=lambda run_id, url: record_chart_url(
+                                 services, run_id, url))
+
+    notifier.notify(Notification(kind="chart", text="Loss chart for training run #1.",
+                                 run_id=1, data={"path": str(chart)}))
+
+    [upload] = fake_slack.calls_to("files.completeUploadExternal")
+    assert upload.params["channel_id"] == ADMIN_CHANNEL
+    bot.slack.command("/sop-status", user=ADMIN, channel=CHANNEL)
+    bot.wait()
+    status_text = str(fake_slack.responses[-1]["blocks"])
+    assert "|loss chart>" in status_text and "run-1-loss.png" in status_text
+
+
+def _snapshot_id(services) -> int:  # noqa: ANN001
+    from sop_pipeline.models import DatasetSnapshot
+
+    with services.session() as session:
+        snapshot = DatasetSnapshot(content_hash="c" * 64)
+        session.add(snapshot)
+        session.commit()
+        return snapshot.id

@@ -54,7 +54,7 @@ def test_the_bot_calls_the_web_api_methods_we_expect() -> None:
     assert used_api_methods() == {
         "chat.postMessage", "chat.update", "chat.postEphemeral", "conversations.history",
         "conversations.replies", "reactions.add", "views.publish", "usergroups.users.list",
-        "files.getUploadURLExternal", "files.completeUploadExternal",
+        "files.getUploadURLExternal", "files.completeUploadExternal", "files.info",
     }
 
 

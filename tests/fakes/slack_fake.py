@@ -509,6 +509,7 @@ class FakeSlack:
             "url_private": f"{self.root_url}/files-pri/{TEAM_ID}-{file_id}/{name}",
             "url_private_download":
                 f"{self.root_url}/files-pri/{TEAM_ID}-{file_id}/download/{name}",
+            "permalink": f"{self.root_url}/files/{user}/{file_id}/{name}",
         }
         return {"public": public, "content": content, "complete": content is not None}
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 18:58:51.871984
+Create Date: 2026-11-25 19:18:19.507050
 """
 
 from collections.abc import Sequence
@@ -146,6 +146,7 @@ def upgrade() -> None:
     sa.Column('next_attempt_at', sop_pipeline.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('eval_scores', sa.JSON(), nullable=True),
     sa.Column('chart_path', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('chart_url', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('created_at', sop_pipeline.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sop_pipeline.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('finished_at', sop_pipeline.models.UTCDateTime(timezone=True), nullable=True),

@@ -93,6 +93,17 @@ def fake_openai() -> Iterator[object]:
             fake.assert_contract_ok()
 
 
+@pytest.fixture
+def fake_slack() -> Iterator[object]:
+    """A fake Slack Web API on 127.0.0.1 that records every call; the calls must match the
+    official Slack API description."""
+    from tests.fakes.slack_fake import FakeSlack
+
+    with FakeSlack() as fake:
+        yield fake
+    fake.assert_contract_ok()
+
+
 def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: never read the developer's .env, never reach the internet."""
     values: dict[str, object] = {

@@ -11,7 +11,7 @@ import http.client
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -32,13 +32,6 @@ USER = "UREQ00001"
 APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_upgrade_is_safe_to_run_twice(database_url: str) -> None:
 
 
 def test_two_processes_upgrading_at_once_both_succeed(pg_url: str) -> None:
-    code = "from sop_pipeline import db; db.upgrade(db.make_engine(%r))" % pg_url
+    code = f"from sop_pipeline import db; db.upgrade(db.make_engine({pg_url!r}))"
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     assert db.current_revision(db.make_engine(pg_url)) == "0001"

@@ -19,7 +19,7 @@ from sop_pipeline.examples import ApprovalStatus, approve_sop
 from sop_pipeline.models import DatasetSnapshot, TrainingExample, TrainingRun
 from sop_pipeline.services import Services
 from sop_pipeline.training import scheduler
-from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
+from tests.fakes.slack_fake import BotFactory, user_reacts
 from tests.test_training_helpers import Clock, Sleeps, approve, make_services, training_settings
 
 SOPS = Path(__file__).parent / "data" / "sops"
@@ -89,13 +89,6 @@ def test_the_same_sop_posted_twice_and_approved_at_once_is_one_example(instances
 
 
 # --- two bot instances behind one Slack app -------------------------------------------------------
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
 
 
 @pytest.fixture

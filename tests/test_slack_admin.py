@@ -4,7 +4,6 @@ Regenerate and Download .docx buttons, and start-up configuration errors."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ CHANNEL = "CSOP00001"
 ADMIN = "UADMIN001"
 ADMIN_CHANNEL = "CADMIN001"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ CHANNEL = "CSOP00001"
 APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
 
 
 @pytest.fixture

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from sop_pipeline.services import build_services
 from tests.conftest import make_settings
-from tests.fakes.slack_fake import FakeSlack, running_bot, settings_overrides
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
+from tests.fakes.slack_fake import running_bot, settings_overrides
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ the finished draft as Block Kit with findings, model, DRAFT notice and buttons."
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,13 +14,6 @@ from tests.fakes.slack_fake import BotFactory, FakeSlack, ManualClock
 CHANNEL = "CSOP00001"
 USER = "UREQ00001"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
 
 
 @pytest.fixture

@@ -4,30 +4,20 @@ drafts with the new `ft:` model, in a thread, and admins saw it all in their cha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bot.notifier import SlackNotifier
 from sop_pipeline import model_registry
 from sop_pipeline.models import RunState, TrainingRun
 from sop_pipeline.notifications import FanOutNotifier, RecordingNotifier
 from sop_pipeline.training.scheduler import poll_active_runs, retrain_check
-from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
+from tests.fakes.slack_fake import BotFactory, user_reacts
 
 SOPS = Path(__file__).parent / "data" / "sops"
 CHANNEL = "CQUALITY1"
 ADMIN_CHANNEL = "CADMIN001"
 APPROVER = "UAPPROVE1"
 REQUEST = "Write an SOP for calibration of the dissolution apparatus"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as fake:
-        yield fake
-    fake.assert_contract_ok()
 
 
 def test_ten_approvals_train_promote_and_draft_with_the_new_model(

@@ -26,6 +26,8 @@ def load_services() -> Services:
     """Settings from env/.env, then the service container (upgrading the database)."""
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":  # schema chatter on every command helps nobody
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     return build_services(settings)
 
 

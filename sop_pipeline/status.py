@@ -51,7 +51,8 @@ class StatusReport:
             f"Backend: {self.backend}" + ("" if self.retraining_enabled
                                           else " (retraining disabled)"),
             f"Examples: {self.approved} approved, {self.retracted} retracted, "
-            f"{self.new_since_last_training} of {self.threshold} new toward the next retrain",
+            f"{self.new_since_last_training} new since the last training "
+            f"({self.threshold} needed for a retrain)",
         ]
         if self.active_run:
             run = self.active_run

@@ -94,7 +94,7 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
         else:
             from bot.http_server import BotHTTPServer
 
-            server = BotHTTPServer(app, host="0.0.0.0", port=settings.port)  # noqa: S104
+            server = BotHTTPServer(app, host=settings.host, port=settings.port)
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             server.start()

@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
+    host: str = "0.0.0.0"  # noqa: S104 - platforms (Heroku) route to all interfaces
     port: int = Field(3000, ge=1, le=65535)
     sop_approvers: CommaList = Field(default_factory=list)
     sop_admins: CommaList = Field(default_factory=list)

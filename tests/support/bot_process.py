@@ -1,4 +1,4 @@
-"""A real bot process (`python -m tests.support.loopback_bot`, i.e. `sop-bot run` on loopback)
+"""A real bot process (`python -m bot`, i.e. `sop-bot run`, with HOST=127.0.0.1)
 in HTTP mode, configured only through its environment, that tests can SIGKILL and restart."""
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def bot_env(*, database_url: str, data_dir: Path, slack_url: str, bot_token: str
         "DATABASE_URL": database_url, "DATA_DIR": str(data_dir),
         "SLACK_API_URL": slack_url, "SLACK_BOT_TOKEN": bot_token,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "sk-test-key",
-        "OPENAI_BASE_URL": openai_url, "PORT": str(port), "SCHEDULER_ENABLED": "false",
+        "OPENAI_BASE_URL": openai_url, "HOST": "127.0.0.1", "PORT": str(port),
+        "SCHEDULER_ENABLED": "false",
         "LOG_LEVEL": "INFO",
     })
     env.update({k.upper(): str(v) for k, v in extra.items()})
@@ -53,7 +54,7 @@ class BotProcess:
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
-        self.command = [sys.executable, "-m", "tests.support.loopback_bot"]
+        self.command = [sys.executable, "-m", "bot"]
 
     @property
     def url(self) -> str:

@@ -36,10 +36,13 @@ def _click(body: dict, action: dict) -> tuple[str, str, str | None]:
     return body["user"]["id"], channel, thread
 
 
+def _key(body: dict, action: dict) -> str:
+    return (f"action:{action.get('action_id')}:{action.get('value')}:"
+            f"{body['user']['id']}:{action.get('action_ts')}")
+
+
 def _claim(ctx: BotContext, body: dict, action: dict) -> bool:
-    key = (f"action:{action.get('action_id')}:{action.get('value')}:"
-           f"{body['user']['id']}:{action.get('action_ts')}")
-    return ctx.claim(key)
+    return ctx.claim(_key(body, action))
 
 
 def _generation(ctx: BotContext, action: dict) -> Generation | None:
@@ -52,23 +55,24 @@ def _generation(ctx: BotContext, action: dict) -> Generation | None:
 
 
 def on_approve(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
+    """Same checks and outcome as the ✅ reaction. The click's claim commits with the example
+    (as for reactions), so a crash in between loses no approval on Slack's re-delivery."""
     ack()
-    if not _claim(ctx, body, action):
-        return
     user, channel, thread = _click(body, action)
     row = _generation(ctx, action)
+    refusal = None
     if row is None or not row.slack_channel or not row.slack_ts:
-        approvals.ephemeral(ctx, channel, user, "I can't find that draft any more.", thread)
+        refusal = "I can't find that draft any more."
+    elif not ctx.watched(row.slack_channel):
+        refusal = "Approvals are not collected in this channel."
+    elif not ctx.is_approver(user):
+        refusal = approvals.NOT_APPROVER.format(emoji="white_check_mark")
+    if refusal is not None:
+        if _claim(ctx, body, action):
+            approvals.ephemeral(ctx, channel, user, refusal, thread)
         return
-    if not ctx.watched(row.slack_channel):
-        approvals.ephemeral(ctx, channel, user, "Approvals are not collected in this channel.",
-                            thread)
-        return
-    if not ctx.is_approver(user):
-        approvals.ephemeral(ctx, channel, user,
-                            approvals.NOT_APPROVER.format(emoji="white_check_mark"), thread)
-        return
-    approvals.approve_message(ctx, channel=row.slack_channel, ts=row.slack_ts, approver=user)
+    approvals.approve_message(ctx, channel=row.slack_channel, ts=row.slack_ts, approver=user,
+                              claim_key=_key(body, action))
 
 
 def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:

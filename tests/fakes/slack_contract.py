@@ -28,6 +28,8 @@ DOCUMENTED_METHODS: dict[str, dict[str, set[str]]] = {
         "optional": {"channel_id", "channels", "initial_comment", "thread_ts", "blocks"},
         "scopes": {"files:write"},
     },
+    # Socket Mode: called with the app-level token (xapp-, scope connections:write).
+    "apps.connections.open": {"required": set(), "optional": set(), "scopes": set()},
 }
 
 # Parameters Slack added to old methods after the spec was frozen (docs.slack.dev).

@@ -279,7 +279,10 @@ class FakeSlack:
         if self.before_call is not None:
             self.before_call(method, params)
         try:
-            if token != self.bot_token:
+            app_token_call = method == "apps.connections.open"
+            if app_token_call and not (token or "").startswith("xapp-"):
+                raise SlackError("invalid_auth" if token else "not_authed")
+            if token != self.bot_token and not app_token_call:
                 raise SlackError("invalid_auth" if token else "not_authed")
             self._maybe_fault(method, params)
             result = self._dispatch(method, params)
@@ -338,6 +341,13 @@ class FakeSlack:
             raise SlackError("unknown_method")
         with self._lock:
             return handler(params)
+
+    socket_mode_url: str | None = None  # set by a test that runs a fake Socket Mode server
+
+    def _m_apps_connections_open(self, params: dict) -> dict:
+        if not self.socket_mode_url:
+            raise SlackError("socket_mode_not_enabled")
+        return {"url": self.socket_mode_url}
 
     def _m_auth_test(self, params: dict) -> dict:
         return {"url": "https://fake.slack.com/", "team": "Fake Plant", "user": "sop-bot",

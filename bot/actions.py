@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 from slack_bolt import Ack, App
 from slack_sdk.errors import SlackApiError
@@ -75,15 +76,29 @@ def on_approve(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
                               claim_key=_key(body, action))
 
 
-def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
-    ack()
+def _claimed_click(
+    ctx: BotContext, body: dict, action: dict, usable: Callable[[Generation], bool],
+    refusal: str,
+) -> tuple[str, str, str | None, Generation] | None:
+    """Claim the click once; (user, channel, thread, draft) when the draft is usable, else
+    None after telling the clicker `refusal`."""
     if not _claim(ctx, body, action):
-        return
+        return None
     user, channel, thread = _click(body, action)
     row = _generation(ctx, action)
-    if row is None:
-        approvals.ephemeral(ctx, channel, user, "I can't find that draft any more.", thread)
+    if row is None or not usable(row):
+        approvals.ephemeral(ctx, channel, user, refusal, thread)
+        return None
+    return user, channel, thread, row
+
+
+def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
+    ack()
+    click = _claimed_click(ctx, body, action, lambda row: True,
+                           "I can't find that draft any more.")
+    if click is None:
         return
+    user, channel, thread, row = click
     try:
         draft_in_thread(ctx, channel=row.slack_channel or channel,
                         thread_ts=row.slack_thread_ts or thread, request=row.request,
@@ -95,15 +110,12 @@ def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> Non
 
 def on_docx(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
     ack()
-    if not _claim(ctx, body, action):
+    click = _claimed_click(
+        ctx, body, action, lambda row: row.status == "completed" and bool(row.draft_text),
+        "That draft did not finish, so there is no .docx to download.")
+    if click is None:
         return
-    user, channel, thread = _click(body, action)
-    row = _generation(ctx, action)
-    if row is None or row.status != "completed" or not row.draft_text:
-        approvals.ephemeral(ctx, channel, user,
-                            "That draft did not finish, so there is no .docx to download.",
-                            thread)
-        return
+    user, channel, thread, row = click
     from sop_pipeline.generation import to_docx
 
     template = ctx.services.template

@@ -6,7 +6,8 @@ for --provider-latency seconds before streaming its answer. Clients on 127.0.0.1
 slash commands and reaction events (each reaction is also re-delivered once with
 X-Slack-Retry-Num, as Slack does) and this prints:
 
-* ack latency p50/p95/p99 (client-side, request sent → HTTP answer received),
+* ack latency p50/p95/p99 (client-side, connect → whole HTTP answer received; the client is
+  benchmarks/load_client.py, its own process, with requests signed before the clock starts),
 * drafts completed per second and time until every draft was finished in Slack,
 * examples stored, lost and duplicated items (must be 0: every command got one parent
   message and one finished draft reply; every approval exactly one example and one reply),
@@ -31,7 +32,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def percentile(values: list[float], share: float) -> float:
 class Completions:
     """Watches the fake Slack's calls for finished drafts and approval confirmations."""
 
-    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self.now = now
         self.finished: dict[str, float] = {}  # reply ts -> when the final edit arrived
         self.failed: set[str] = set()
@@ -237,45 +237,59 @@ def run(options: Options, *, out: Callable[[str], None] = print) -> Figures:
     return figures
 
 
-def _fire(options: Options, bot, fake_slack, targets: list[str],  # noqa: ANN001
-          database_url: str, idle_mb: float) -> Figures:
+def _build_requests(options: Options, bot, targets: list[str],  # noqa: ANN001
+                    response_url: str) -> tuple[list[str], list[dict]]:
+    """The /sop commands and reaction events, signed as Slack would send them, shuffled; each
+    reaction is re-delivered once at the end (X-Slack-Retry-Num), as Slack does."""
+    from tests.fakes.slack_fake import SlackTestClient
+
+    built: list[dict] = []
+
+    class Recorder(SlackTestClient):
+        def post(self, body: str, content_type: str, **kwargs):  # noqa: ANN003, ANN201
+            built.append({"body": body, "headers": self.headers_for(body, content_type,
+                                                                      **kwargs)})
+
+    client = Recorder(bot.url, response_url=response_url)
     requests = [REQUEST.format(n=n + 1) for n in range(options.commands)]
     jobs: list[tuple[str, object]] = [("command", r) for r in requests]
     jobs += [("reaction", (ts, None)) for ts in targets]
     random.Random(options.seed).shuffle(jobs)
-    jobs += [("reaction", (ts, 1)) for ts in targets]  # Slack's re-delivery of each event
+    jobs += [("reaction", (ts, 1)) for ts in targets]
+    for kind, payload in jobs:
+        if kind == "command":
+            client.command("/sop", str(payload), user=REQUESTER, channel=CHANNEL)
+        else:
+            ts, retry = payload  # type: ignore[misc]
+            client.reaction("reaction_added", user=APPROVER, channel=CHANNEL, ts=ts,
+                            event_id=f"Ev{ts.replace('.', '')}", retry_num=retry)
+    return requests, built
+
+
+def _send_all(bot, built: list[dict], concurrency: int, workdir: Path) -> dict:  # noqa: ANN001
+    """Run the load generator (benchmarks/load_client.py) in its own process; its "started"
+    is on the time.monotonic clock, like Completions'."""
+    import subprocess
+
+    source, target = workdir / "requests.json", workdir / "results.json"
+    source.write_text(json.dumps({"host": "127.0.0.1", "port": bot.port,
+                                  "path": "/slack/events", "concurrency": concurrency,
+                                  "requests": built}), encoding="utf-8")
+    subprocess.run([sys.executable, str(Path(__file__).with_name("load_client.py")),
+                    str(source), str(target)], check=True)
+    return json.loads(target.read_text(encoding="utf-8"))
+
+
+def _fire(options: Options, bot, fake_slack, targets: list[str],  # noqa: ANN001
+          database_url: str, idle_mb: float) -> Figures:
+    requests, built = _build_requests(options, bot, targets, fake_slack.response_url("r"))
     completions = Completions()
     fake_slack.before_call = completions
-    client = bot.client(fake_slack.response_url("r"))
-    acks: list[float] = []
-    statuses: list[int] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-
-    def send(job: tuple[str, object]) -> None:
-        kind, payload = job
-        began = time.perf_counter()
-        try:
-            if kind == "command":
-                status = client.command("/sop", str(payload), user=REQUESTER,
-                                        channel=CHANNEL).status
-            else:
-                ts, retry = payload  # type: ignore[misc]
-                status = client.reaction("reaction_added", user=APPROVER, channel=CHANNEL,
-                                         ts=ts, event_id=f"Ev{ts.replace('.', '')}",
-                                         retry_num=retry).status
-        except OSError as exc:  # refused / reset: what Slack would see as a failed delivery
-            status = 0
-            with lock:
-                errors.append(f"{kind} not delivered: {type(exc).__name__}: {exc}")
-        elapsed = (time.perf_counter() - began) * 1000
-        with lock:
-            acks.append(elapsed)
-            statuses.append(status)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max(1, options.concurrency)) as pool:
-        list(pool.map(send, jobs))
+    sent = _send_all(bot, built, options.concurrency, Path(bot.workdir))
+    started, results = sent["started"], sent["results"]
+    acks = [r["ms"] for r in results]
+    statuses = [r["status"] for r in results]
+    errors = [f"request not answered: {r['error']}" for r in results if r["error"]]
     completions.wait(len(requests), len(targets), timeout=options.timeout)
     finished_at = max(completions.finished.values(), default=started)
     fake_slack.before_call = None

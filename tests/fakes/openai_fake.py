@@ -89,6 +89,12 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 RESOLVED_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.8}
 
 
+class _LoopbackServer(ThreadingHTTPServer):
+    # Real Slack and OpenAI never drop a connection because a burst arrived at once; the
+    # stdlib default backlog of 5 would (a dropped SYN costs the client a 1 s retransmit).
+    request_queue_size = 1024
+
+
 # ----------------------------------------------------------------------------- text helpers
 
 
@@ -445,7 +451,7 @@ class FakeOpenAI:
 
         Handler.fake = fake
         self._stopping.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _LoopbackServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(

@@ -31,6 +31,12 @@ MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3_000
 
 
+class _LoopbackServer(ThreadingHTTPServer):
+    # Real Slack and OpenAI never drop a connection because a burst arrived at once; the
+    # stdlib default backlog of 5 would (a dropped SYN costs the client a 1 s retransmit).
+    request_queue_size = 1024
+
+
 @dataclass
 class Call:
     """One Web API call as the fake received it."""
@@ -145,7 +151,7 @@ class FakeSlack:
             def do_POST(self) -> None:  # noqa: N802
                 fake._handle(self, "POST")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _LoopbackServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
@@ -630,17 +636,25 @@ class SlackTestClient:
         key = (secret or self.signing_secret).encode()
         return "v0=" + hmac.new(key, base, hashlib.sha256).hexdigest()
 
+    def headers_for(self, body: str, content_type: str, *, signed: bool = True,
+                    timestamp: int | None = None, secret: str | None = None,
+                    headers: dict[str, str] | None = None) -> dict[str, str]:
+        """The headers Slack would send with `body` (signed unless `signed` is False)."""
+        ts = int(self.clock()) if timestamp is None else timestamp
+        all_headers = {"Content-Type": content_type, **(headers or {})}
+        if signed:
+            all_headers["X-Slack-Request-Timestamp"] = str(ts)
+            all_headers["X-Slack-Signature"] = self.sign(body, ts, secret)
+        return all_headers
+
     def post(self, body: str, content_type: str, *, signed: bool = True,
              timestamp: int | None = None, secret: str | None = None,
              headers: dict[str, str] | None = None) -> HttpResult:
         import urllib.error
         import urllib.request
 
-        ts = int(self.clock()) if timestamp is None else timestamp
-        all_headers = {"Content-Type": content_type, **(headers or {})}
-        if signed:
-            all_headers["X-Slack-Request-Timestamp"] = str(ts)
-            all_headers["X-Slack-Signature"] = self.sign(body, ts, secret)
+        all_headers = self.headers_for(body, content_type, signed=signed, timestamp=timestamp,
+                                       secret=secret, headers=headers)
         request = urllib.request.Request(self.bot_url, data=body.encode(), method="POST",
                                          headers=all_headers)
         try:

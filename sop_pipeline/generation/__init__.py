@@ -18,6 +18,7 @@ from sop_pipeline.generation.generate import (
     set_slack_location,
     start_generation,
     validate_request,
+    warm_up,
 )
 from sop_pipeline.generation.retry import Clock
 
@@ -35,6 +36,7 @@ __all__ = [
     "start_generation",
     "to_docx",
     "validate_request",
+    "warm_up",
 ]
 
 

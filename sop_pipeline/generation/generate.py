@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
 
@@ -45,6 +46,7 @@ from sop_pipeline.generation.retry import (
     call_with_retries,
     is_quota_error,
 )
+from sop_pipeline.generation.sse import stream_chat
 from sop_pipeline.models import Generation, ModelVersion
 from sop_pipeline.notifications import Notification
 from sop_pipeline.providers import ProviderConfigError
@@ -286,6 +288,18 @@ class _Run:
         self.shown = True
 
 
+def warm_up(services: Services) -> None:
+    """Do at start-up what the first draft would otherwise do while the first burst of requests
+    is being answered: load the SOP template and build the shared provider client (which
+    imports its HTTP stack). A provider that is not configured yet is skipped: drafts will say
+    what to set."""
+    _ = services.template
+    try:
+        services.openai_client()
+    except ProviderConfigError as exc:
+        log.info("provider client not built at start-up: %s", exc)
+
+
 def run_generation(
     services: Services,
     generation_id: int,
@@ -504,34 +518,33 @@ def _stream_once(run: _Run, messages: list[dict[str, object]]) -> tuple[str, str
     settings = run.services.settings
     assert run.client is not None
     timeout = max(0.01, min(settings.openai_timeout_seconds, run.deadline.remaining()))
-    stream = run.client.chat.completions.create(
+    parts: list[str] = []
+    finish_reason: str | None = None
+    usage_seen = False
+    chunks = stream_chat(
+        run.client,
         model=run.model or settings.sop_base_model,
-        messages=messages,  # type: ignore[arg-type]
-        stream=True,
+        messages=messages,
         stream_options={"include_usage": True},
         temperature=settings.sop_temperature,
         max_tokens=settings.sop_max_output_tokens,
         timeout=timeout,
     )
-    parts: list[str] = []
-    finish_reason: str | None = None
-    usage_seen = False
-    try:
-        for chunk in stream:
-            if chunk.usage is not None:
-                run.usage.add(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+    with closing(chunks):
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if usage:
+                run.usage.add(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
                 usage_seen = True
-            for choice in chunk.choices or ():
-                text = choice.delta.content if choice.delta else None
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
                 if text:
                     parts.append(text)
                     run.emit(text)
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
             run.check_cancel()
             run.deadline.check()
-    finally:
-        stream.close()
     raw = "".join(parts)
     if not usage_seen:  # some OpenAI-compatible servers ignore include_usage: estimate
         run.usage.add(count_chat_tokens(messages), count_tokens(raw))

@@ -6,11 +6,10 @@ reply). Each click is claimed once (Slack can deliver an interaction twice).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 
-from slack_bolt import Ack, App
+from slack_bolt import App
 from slack_sdk.errors import SlackApiError
 
 from bot import approvals, blocks
@@ -23,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, ctx: BotContext) -> None:
-    app.action(blocks.APPROVE_ACTION)(functools.partial(on_approve, ctx=ctx))
-    app.action(blocks.REGENERATE_ACTION)(functools.partial(on_regenerate, ctx=ctx))
-    app.action(blocks.DOCX_ACTION)(functools.partial(on_docx, ctx=ctx))
+    for action_id, listener in ((blocks.APPROVE_ACTION, on_approve),
+                                (blocks.REGENERATE_ACTION, on_regenerate),
+                                (blocks.DOCX_ACTION, on_docx)):
+        app.action(action_id)(ctx.acknowledge_then(listener))
 
 
 def _click(body: dict, action: dict) -> tuple[str, str, str | None]:
@@ -55,10 +55,10 @@ def _generation(ctx: BotContext, action: dict) -> Generation | None:
         return session.get(Generation, generation_id)
 
 
-def on_approve(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
+def on_approve(body: dict, *, ctx: BotContext) -> None:
     """Same checks and outcome as the ✅ reaction. The click's claim commits with the example
     (as for reactions), so a crash in between loses no approval on Slack's re-delivery."""
-    ack()
+    action = body["actions"][0]
     user, channel, thread = _click(body, action)
     row = _generation(ctx, action)
     refusal = None
@@ -92,8 +92,8 @@ def _claimed_click(
     return user, channel, thread, row
 
 
-def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
-    ack()
+def on_regenerate(body: dict, *, ctx: BotContext) -> None:
+    action = body["actions"][0]
     click = _claimed_click(ctx, body, action, lambda row: True,
                            "I can't find that draft any more.")
     if click is None:
@@ -108,8 +108,8 @@ def on_regenerate(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> Non
                             f"I couldn't post a new draft ({slack_error(exc)}). Try again.")
 
 
-def on_docx(ack: Ack, body: dict, action: dict, *, ctx: BotContext) -> None:
-    ack()
+def on_docx(body: dict, *, ctx: BotContext) -> None:
+    action = body["actions"][0]
     click = _claimed_click(
         ctx, body, action, lambda row: row.status == "completed" and bool(row.draft_text),
         "That draft did not finish, so there is no .docx to download.")

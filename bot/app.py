@@ -1,8 +1,9 @@
 """Build the Bolt app: one Web API client, one bounded worker pool, one module per Slack surface.
 
-Bolt runs every listener in `listener_executor` and answers Slack as soon as the listener calls
-`ack()`; the slow part (drafting, approving, training) continues in the same worker thread.
-The pool is a `TrackedExecutor`, so `wait_idle()` tells tests and shutdown when work is done.
+Every listener is split in two, as Bolt's lazy listeners are: a quick `ack` function that
+answers Slack in the request's own thread (no hand-off, no polling for the answer), and the slow
+part (drafting, approving, training) that Bolt then starts in `listener_executor`. The pool is
+a `TrackedExecutor`, so `wait_idle()` tells tests and shutdown when work is done.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.http_retry.handler import RetryHandler
 
-from bot.runtime import BotContext, People, TrackedExecutor
+from bot.runtime import AcksFirst, BotContext, People, TrackedExecutor
 from sop_pipeline.services import Services
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,30 @@ class RetryAfterHandler(RateLimitErrorRetryHandler):
         state.increment_current_attempt()
 
 
+class CheckpointedWebClient(WebClient):
+    """A WebClient that calls `checkpoint()` before every Web API call (`AcksFirst`)."""
+
+    def __init__(self, *args: object, checkpoint: Callable[[], None], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoint = checkpoint
+
+    def api_call(self, *args: object, **kwargs: object):  # noqa: ANN201
+        self.checkpoint()
+        return super().api_call(*args, **kwargs)
+
+
 def make_client(
-    services: Services, *, sleep: Callable[[float], None] = time.sleep
+    services: Services, *, sleep: Callable[[float], None] = time.sleep,
+    checkpoint: Callable[[], None] | None = None,
 ) -> WebClient:
-    """The Web API client: bot token, SLACK_API_URL, Retry-After honoured on 429."""
+    """The Web API client: bot token, SLACK_API_URL, Retry-After honoured on 429; with
+    `checkpoint`, every call first gives way to requests being acknowledged."""
     settings = services.settings
     handlers: list[RetryHandler] = [ConnectionErrorRetryHandler(), RetryAfterHandler(sleep=sleep)]
+    if checkpoint is not None:
+        return CheckpointedWebClient(
+            token=settings.secret("slack_bot_token"), base_url=settings.slack_api_url,
+            timeout=30, retry_handlers=handlers, checkpoint=checkpoint)
     return WebClient(
         token=settings.secret("slack_bot_token"),
         base_url=settings.slack_api_url,
@@ -69,8 +88,10 @@ def build_context(
     monotonic: Callable[[], float] = time.monotonic,
     scheduler: object | None = None,
 ) -> BotContext:
-    client = client or make_client(services)
+    acks_first = AcksFirst()
+    client = client or make_client(services, checkpoint=acks_first.checkpoint)
     settings = services.settings
+    give_way_before_database_work(services, acks_first)
     return BotContext(
         services=services,
         client=client,
@@ -79,7 +100,16 @@ def build_context(
         admins=People(client, settings.sop_admins, monotonic=monotonic),
         monotonic=monotonic,
         scheduler=scheduler,
+        acks_first=acks_first,
     )
+
+
+def give_way_before_database_work(services: Services, acks_first: AcksFirst) -> None:
+    """Background work checks in with `acks_first` when it takes a database connection, i.e.
+    before a session's first statement, while it holds no lock."""
+    from sqlalchemy import event
+
+    event.listen(services.engine, "checkout", lambda *_: acks_first.checkpoint())
 
 
 def build_app(
@@ -97,7 +127,7 @@ def build_app(
     app = App(
         client=ctx.client,
         signing_secret=services.settings.secret("slack_signing_secret") or "",
-        process_before_response=False,
+        process_before_response=True,  # ack functions answer in the request's thread
         token_verification_enabled=token_verification,
         listener_executor=ctx.executor,
         logger=logging.getLogger("bot.bolt"),

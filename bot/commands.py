@@ -1,8 +1,9 @@
 """Slash commands: `/sop <request>` (everyone), `/sop-retrain` and `/sop-status` (admins).
 
-Every handler acknowledges first (Slack's 3-second rule); the listener then keeps running in
-the bot's worker pool. Slash commands cannot be used inside threads, so `/sop` posts a parent
-message in the channel and drafts in its thread.
+Every command is acknowledged in the request's own thread (Slack's 3-second rule; bad input and
+refusals come back as the ephemeral answer itself); the work then runs in the worker pool.
+Slash commands cannot be used inside threads, so `/sop` posts a parent message in the channel
+and drafts in its thread.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ ADMIN_ONLY = ("Only SOP Bot admins can use {command}. Ask your QA lead to add yo
 
 
 def register(app: App, ctx: BotContext) -> None:
-    app.command("/sop")(functools.partial(handle_sop, ctx=ctx))
-    app.command("/sop-retrain")(functools.partial(handle_retrain, ctx=ctx))
-    app.command("/sop-status")(functools.partial(handle_status, ctx=ctx))
+    app.command("/sop")(functools.partial(on_sop, ctx=ctx))
+    app.command("/sop-retrain")(
+        functools.partial(on_admin_command, handler=handle_retrain, ctx=ctx))
+    app.command("/sop-status")(functools.partial(on_admin_command, handler=handle_status, ctx=ctx))
 
 
 def _ephemeral(respond: Respond, text: str, **extra: object) -> None:
@@ -41,18 +43,29 @@ def _ephemeral(respond: Respond, text: str, **extra: object) -> None:
         log.warning("could not answer via response_url", exc_info=True)
 
 
-def handle_sop(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) -> None:
-    """`/sop <request>`: parent message in the channel, draft in its thread."""
+def _sop_request(command: dict, ctx: BotContext) -> tuple[str | None, str | None]:
+    """(request, None) when `/sop`'s text can be drafted, else (None, what to tell the user)."""
     request = (command.get("text") or "").strip()
     if not request:
-        ack(text=USAGE, response_type="ephemeral")
-        return
+        return None, USAGE
     try:
-        request = validate_request(request, ctx.settings.sop_max_request_chars)
+        return validate_request(request, ctx.settings.sop_max_request_chars), None
     except RequestRejected as exc:
-        ack(text=str(exc), response_type="ephemeral")
+        return None, str(exc)
+
+
+def on_sop(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) -> None:
+    """Answer `/sop` at once (a usage hint or why a request is refused), then draft."""
+    request, problem = _sop_request(command, ctx)
+    if request is None:
+        ack(text=problem, response_type="ephemeral")
         return
     ack()
+    ctx.defer(handle_sop, command, request, respond, ctx=ctx)
+
+
+def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext) -> None:
+    """`/sop <request>`: parent message in the channel, draft in its thread."""
     user, channel = command["user_id"], command["channel_id"]
     try:
         parent = ctx.client.chat_postMessage(
@@ -71,24 +84,19 @@ def handle_sop(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) ->
                    f"Slack refused my reply ({slack_error(exc)}). Try `/sop` again in a minute.")
 
 
-def _admin_only(handler: Callable) -> Callable:
-    """Acknowledge, refuse non-admins with an ephemeral sentence, then run `handler`."""
-
-    def wrapper(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) -> None:
-        if not ctx.is_admin(command.get("user_id")):
-            ack(text=ADMIN_ONLY.format(command=command.get("command", "this command")),
-                response_type="ephemeral")
-            return
-        ack()
-        handler(command, respond, ctx)
-
-    # No functools.wraps: Bolt injects arguments by the names it finds via __wrapped__.
-    wrapper.__name__ = handler.__name__
-    wrapper.__doc__ = handler.__doc__
-    return wrapper
+def on_admin_command(ack: Ack, command: dict, respond: Respond, *,
+                     handler: Callable[[dict, Respond, BotContext], None],
+                     ctx: BotContext) -> None:
+    """Admins get an empty acknowledgement and the command runs; anyone else gets a sentence
+    saying who may use it."""
+    if not ctx.is_admin(command.get("user_id")):
+        ack(text=ADMIN_ONLY.format(command=command.get("command", "this command")),
+            response_type="ephemeral")
+        return
+    ack()
+    ctx.defer(handler, command, respond, ctx)
 
 
-@_admin_only
 def handle_retrain(command: dict, respond: Respond, ctx: BotContext) -> None:
     """`/sop-retrain`: snapshot now and start a run; progress goes to the admin channel."""
     from sop_pipeline.training.lifecycle import start_run
@@ -112,7 +120,6 @@ def handle_retrain(command: dict, respond: Respond, ctx: BotContext) -> None:
         _ephemeral(respond, f":information_source: No training run was started. {result.summary}")
 
 
-@_admin_only
 def handle_status(command: dict, respond: Respond, ctx: BotContext) -> None:
     """`/sop-status`: the same dashboard admins see in App Home."""
     report = status_dict(ctx)

@@ -62,6 +62,7 @@ class StreamingPreview:
         self._lock = threading.Lock()
 
     def on_delta(self, chunk: str) -> None:
+        self.ctx.acks_first.checkpoint()  # one streamed chunk is a natural place to give way
         with self._lock:
             self.text += chunk
             now = self.ctx.monotonic()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from slack_bolt import App
@@ -16,10 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, ctx: BotContext) -> None:
-    app.event("app_home_opened")(functools.partial(on_home_opened, ctx=ctx))
+    app.event("app_home_opened")(ctx.acknowledge_then(on_home_opened))
 
 
-def on_home_opened(event: dict, *, ctx: BotContext) -> None:
+def on_home_opened(body: dict, *, ctx: BotContext) -> None:
+    event = body.get("event") or {}
     if event.get("tab", "home") != "home":
         return
     user = event.get("user")

@@ -3,16 +3,20 @@
 A small threaded stdlib server hands each request to Bolt, which verifies the request signature
 (X-Slack-Signature / X-Slack-Request-Timestamp, 5-minute window) and answers 401 otherwise.
 Unlike Bolt's single-threaded development server it serves requests concurrently, can bind
-port 0 (tests) and stops cleanly.
+port 0 (tests) and stops cleanly. It tells `AcksFirst` which requests it is answering, so
+background work steps aside until they are answered.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from slack_bolt import App, BoltRequest, BoltResponse
+
+from bot.runtime import AcksFirst
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +25,54 @@ MAX_BODY_BYTES = 1_000_000
 
 
 class _Server(ThreadingHTTPServer):
+    """Requests are answered by a fixed set of threads started up front.
+
+    A thread per connection means the accepting thread waits in `Thread.start()` until the new
+    thread has run, which under load (every thread wanting the interpreter lock) puts a delay
+    on every accept. Pre-started handlers take accepted connections from a queue instead.
+    """
+
     # The default backlog of 5 resets connections when Slack sends a burst (50 commands at
     # once in the load benchmark); a reset command is a lost request.
     request_queue_size = 256
+    handler_threads = 64
+    acks_first: AcksFirst | None = None
+
+    def start_handlers(self) -> None:
+        self._accepted: queue.SimpleQueue = queue.SimpleQueue()
+        self._handlers = [
+            threading.Thread(target=self._handle_accepted, name=f"sop-bot-http-{n}", daemon=True)
+            for n in range(self.handler_threads)
+        ]
+        for thread in self._handlers:
+            thread.start()
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001
+        # Counted from the accept on, before a handler picks the connection up.
+        if self.acks_first is not None:
+            self.acks_first.request_started()
+        self._accepted.put((request, client_address))
+
+    def _handle_accepted(self) -> None:
+        gate = self.acks_first
+        if gate is not None:
+            gate.mark_answering_thread()
+        while (item := self._accepted.get()) is not None:
+            try:
+                self.process_request_thread(*item)
+            finally:
+                if gate is not None:
+                    gate.request_finished()
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+        # The stdlib prints a traceback to stderr; a client hanging up early is not a bug.
+        log.debug("connection from %s ended early", client_address, exc_info=True)
+
+    def stop_handlers(self) -> None:
+        for _ in self._handlers:
+            self._accepted.put(None)
+        for thread in self._handlers:
+            thread.join(timeout=5)
 
 
 class BotHTTPServer:
@@ -32,11 +81,15 @@ class BotHTTPServer:
 
     def __init__(
         self, app: App, *, host: str = "127.0.0.1", port: int = 0, path: str = EVENTS_PATH,
+        acks_first: AcksFirst | None = None,
     ) -> None:
         self.app = app
         self.path = path
         self._server = _Server((host, port), self._handler_class())
         self._server.daemon_threads = True
+        context = getattr(app, "sop_context", None)  # set by bot.app.build_app
+        self._server.acks_first = acks_first or getattr(context, "acks_first", None)
+        self._server.start_handlers()
         self._thread: threading.Thread | None = None
 
     @property
@@ -118,6 +171,7 @@ class BotHTTPServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.stop_handlers()
         if self._thread:
             self._thread.join(timeout=5)
 

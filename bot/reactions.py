@@ -9,7 +9,6 @@ event is processed again.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from slack_bolt import App
@@ -21,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def register(app: App, ctx: BotContext) -> None:
-    app.event("reaction_added")(functools.partial(on_reaction_added, ctx=ctx))
-    app.event("reaction_removed")(functools.partial(on_reaction_removed, ctx=ctx))
+    for name, listener in (("reaction_added", on_reaction_added),
+                           ("reaction_removed", on_reaction_removed)):
+        app.event(name)(ctx.acknowledge_then(listener))
 
 
 def _relevant(ctx: BotContext, event: dict) -> bool:
@@ -47,7 +47,8 @@ def _event_key(body: dict, event: dict) -> str:
             f"{event.get('user')}:{event.get('event_ts')}")
 
 
-def on_reaction_added(body: dict, event: dict, *, ctx: BotContext) -> None:
+def on_reaction_added(body: dict, *, ctx: BotContext) -> None:
+    event = body["event"]
     if not _relevant(ctx, event):
         return
     user, item, key = event.get("user"), event["item"], _event_key(body, event)
@@ -60,7 +61,8 @@ def on_reaction_added(body: dict, event: dict, *, ctx: BotContext) -> None:
                               claim_key=key)
 
 
-def on_reaction_removed(body: dict, event: dict, *, ctx: BotContext) -> None:
+def on_reaction_removed(body: dict, *, ctx: BotContext) -> None:
+    event = body["event"]
     if not _relevant(ctx, event) or not ctx.claim(_event_key(body, event)):
         return
     user, item = event.get("user"), event["item"]

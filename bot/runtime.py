@@ -9,6 +9,7 @@ wait until the bot is idle instead of sleeping.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ class TrackedExecutor(Executor):
         self._idle = threading.Condition()
         self._pending = 0
         self.max_workers = max_workers
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
 
     def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
         with self._idle:
@@ -55,6 +58,25 @@ class TrackedExecutor(Executor):
             if self._pending == 0:
                 self._idle.notify_all()
 
+    def submit_soon(self, fn: Callable[[], object]) -> None:
+        """Queue `fn` without waiting: a dispatcher thread submits it to the pool. Starting a
+        new pool thread blocks the caller until that thread runs, which under load is where
+        an acknowledgement would wait."""
+        with self._idle:
+            self._pending += 1
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
+                                                    name="sop-bot-dispatch")
+                self._dispatcher.start()
+        self._handoff.put(fn)
+
+    def _dispatch(self) -> None:
+        while (fn := self._handoff.get()) is not None:
+            try:
+                self._pool.submit(fn).add_done_callback(self._finished)
+            except BaseException:  # shut down meanwhile: the work is dropped, not waited for
+                self._finished(None)
+
     @property
     def pending(self) -> int:
         with self._idle:
@@ -67,7 +89,73 @@ class TrackedExecutor(Executor):
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._handoff.put(None)
+        if self._dispatcher is not None and wait:
+            self._dispatcher.join(timeout=5)
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class AcksFirst:
+    """Lets acknowledgements overtake background work under a burst of requests.
+
+    Slack's 3-second rule is a deadline and a draft is not, but both need this process's one
+    interpreter lock: with 50 drafts starting at once, a request waits behind them for the lock
+    and is answered hundreds of milliseconds late. The HTTP server counts the requests it is
+    answering; background work calls `checkpoint()` before each Slack call, database session
+    and streamed chunk and waits there while a burst lasts: while any request is being
+    answered and for `quiet` seconds after the last one (requests arrive in clusters, and
+    waking every waiting worker between two of them would put them all back in the way). It
+    never waits longer than `max_wait` seconds, so a steady stream of requests cannot starve
+    the drafts.
+    """
+
+    def __init__(self, *, quiet: float = 0.02, max_wait: float = 0.25,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self.monotonic = monotonic
+        self._answering = 0
+        self._last_answer = float("-inf")
+        self._changed = threading.Condition()
+        self._local = threading.local()
+
+    @property
+    def answering(self) -> int:
+        return self._answering
+
+    def request_started(self) -> None:
+        """A request was accepted (called by the server thread before it hands it on)."""
+        with self._changed:
+            self._answering += 1
+
+    def request_finished(self) -> None:
+        with self._changed:
+            self._answering = max(0, self._answering - 1)
+            self._last_answer = self.monotonic()
+            if not self._answering:
+                self._changed.notify_all()
+
+    def mark_answering_thread(self, answering: bool = True) -> None:
+        """The current thread answers a request: its own checkpoints never wait."""
+        self._local.answering = answering
+
+    def _busy_for(self, now: float) -> float:
+        """How much longer the current burst lasts at least (0: it is over)."""
+        if self._answering:
+            return float("inf")  # until request_finished() says otherwise
+        return max(0.0, self._last_answer + self.quiet - now)
+
+    def checkpoint(self) -> None:
+        now = self.monotonic()
+        if not self._answering and now - self._last_answer >= self.quiet:
+            return  # the common case: no burst, no lock taken
+        if getattr(self._local, "answering", False):
+            return
+        deadline = now + self.max_wait
+        with self._changed:
+            while (wait := self._busy_for(now)) > 0 and now < deadline:
+                self._changed.wait(min(wait, deadline - now))
+                now = self.monotonic()
 
 
 class People:
@@ -127,6 +215,7 @@ class BotContext:
     admins: People
     monotonic: Callable[[], float] = time.monotonic
     scheduler: object | None = None  # APScheduler, for "next scheduled check" in status
+    acks_first: AcksFirst = field(default_factory=AcksFirst)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -150,6 +239,29 @@ class BotContext:
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         return self.executor.wait_idle(timeout)
+
+    def defer(self, work: Callable[..., None], /, *args: object, **kwargs: object) -> None:
+        """Run `work` in the worker pool after the listener has acknowledged; a failure is
+        logged with its traceback (nobody waits for the result)."""
+
+        def run() -> None:
+            try:
+                work(*args, **kwargs)
+            except Exception:
+                log.exception("%s failed in the background", getattr(work, "__name__", work))
+
+        self.executor.submit_soon(run)
+
+    def acknowledge_then(self, work: Callable[..., None]) -> Callable[..., None]:
+        """A Bolt listener for events and buttons, whose answer is always empty: acknowledge
+        in the request's own thread, then run `work(body, ctx=self)` in the worker pool."""
+
+        def listener(ack: Callable[..., None], body: dict) -> None:
+            ack()
+            self.defer(work, body, ctx=self)
+
+        listener.__name__ = getattr(work, "__name__", "listener")
+        return listener
 
     def claim(self, key: str) -> bool:
         """True the first time `key` is claimed by any instance sharing the database.

@@ -36,6 +36,12 @@ class _LoopbackServer(ThreadingHTTPServer):
     # stdlib default backlog of 5 would (a dropped SYN costs the client a 1 s retransmit).
     request_queue_size = 1024
 
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client hanging up early
+            super().handle_error(request, client_address)
+
 
 @dataclass
 class Call:

@@ -21,7 +21,6 @@ from sop_pipeline.generation import (
     GenerationResult,
     RequestRejected,
     run_generation,
-    set_slack_location,
     start_generation,
 )
 
@@ -100,7 +99,7 @@ def draft_in_thread(
     reply_ts = reply["ts"]
     try:
         row = start_generation(ctx.services, request, requester, slack_channel=channel,
-                               slack_thread_ts=thread_ts)
+                               slack_thread_ts=thread_ts, slack_ts=reply_ts)
     except RequestRejected as exc:
         client.chat_update(channel=channel, ts=reply_ts, text=str(exc))
         return DraftOutcome(reply_ts, None, str(exc))
@@ -111,7 +110,6 @@ def draft_in_thread(
         client.chat_update(channel=channel, ts=reply_ts, text=text)
         return DraftOutcome(reply_ts, None, text)
     assert row.id is not None
-    set_slack_location(ctx.services, row.id, channel=channel, ts=reply_ts)
     preview = StreamingPreview(ctx, channel, reply_ts)
     try:
         result = run_generation(ctx.services, row.id, on_delta=preview.on_delta,

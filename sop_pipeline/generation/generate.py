@@ -142,12 +142,14 @@ def start_generation(
     *,
     slack_channel: str | None = None,
     slack_thread_ts: str | None = None,
+    slack_ts: str | None = None,
 ) -> Generation:
-    """Validate the request and store a pending Generation (committed). No provider call."""
+    """Validate the request and store a pending Generation (committed). No provider call.
+    `slack_ts` is the reply that will show the draft, when it is already posted."""
     text = validate_request(request, services.settings.sop_max_request_chars)
     row = Generation(
         request=text, requester=requester, status="pending", worker=current_worker(),
-        slack_channel=slack_channel, slack_thread_ts=slack_thread_ts,
+        slack_channel=slack_channel, slack_thread_ts=slack_thread_ts, slack_ts=slack_ts,
         created_at=services.clock(),
     )
     with services.session() as session:

@@ -21,7 +21,6 @@ from sop_pipeline.generation import (
     find_generation_by_message,
     generate,
     run_generation,
-    set_slack_location,
     start_generation,
 )
 from sop_pipeline.models import Generation, ModelVersion, TrainingExample
@@ -529,10 +528,9 @@ def test_running_a_completed_generation_again_does_not_call_the_provider(service
 
 
 def test_slack_reply_location_maps_reactions_back_to_the_generation(services, fake_openai):
-    row = start_generation(services, REQUEST, "U1", slack_channel="C1", slack_thread_ts="100.1")
+    row = start_generation(services, REQUEST, "U1", slack_channel="C1", slack_thread_ts="100.1",
+                           slack_ts="100.2")
     other = start_generation(services, REQUEST, "U2", slack_channel="C2", slack_thread_ts="100.1")
-
-    set_slack_location(services, row.id, channel="C1", ts="100.2")
 
     with services.session() as session:
         assert find_generation_by_message(session, "C1", "100.2").id == row.id

@@ -159,18 +159,6 @@ def start_generation(
     return row
 
 
-def set_slack_location(services: Services, generation_id: int, *, channel: str, ts: str) -> None:
-    """Remember the bot's reply message so a later ✅ maps to this draft without a history call."""
-    with services.session() as session:
-        row = session.get(Generation, generation_id)
-        if row is None:
-            raise LookupError(f"There is no SOP generation with id {generation_id}.")
-        row.slack_channel = channel
-        row.slack_ts = ts
-        session.add(row)
-        session.commit()
-
-
 def find_generation_by_message(session: Session, channel: str, ts: str) -> Generation | None:
     """The generation whose reply (or request thread) is message `ts` in `channel`."""
     by_reply = select(Generation).where(

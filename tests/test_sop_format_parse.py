@@ -343,3 +343,24 @@ def test_parse_never_crashes_on_any_string(text: str) -> None:
 @given(SOPISH)
 def test_parse_never_crashes_on_sop_like_garbage(text: str) -> None:
     assert isinstance(parse(text), SOP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)))
+def test_the_ascii_shortcut_of_normalize_chars_agrees_with_the_per_character_rules(
+    text: str,
+) -> None:
+    from sop_pipeline.sop_format.text import _LINE_BREAKS, _normalize_each_char, normalize_chars
+
+    unified = text.replace("\r\n", "\n").translate(_LINE_BREAKS)
+    assert normalize_chars(text) == _normalize_each_char(unified)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab 1.:-()#>\t|/@!\"'<[]&`*_~\xa0;")))
+def test_the_cleaning_shortcut_gives_the_same_line_as_applying_every_rule(
+    text: str,
+) -> None:
+    from sop_pipeline.sop_format.text import _apply_cleaning_rules, _clean_once
+
+    assert _clean_once(text) == _apply_cleaning_rules(text)

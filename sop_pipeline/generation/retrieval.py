@@ -9,6 +9,7 @@ words in the body.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -24,6 +25,7 @@ PROMPT_WEIGHT = 2
 BODY_WEIGHT = 1
 BM25_K1 = 1.5
 BM25_B = 0.75
+TERMS_CACHE_SIZE = 2048  # documents whose term counts are kept (a few KB each)
 
 _WORD_RE = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
@@ -78,9 +80,16 @@ def terms(text: str) -> list[str]:
 
 
 def _document_terms(doc: Document) -> Counter[str]:
+    """The document's weighted term counts (shared between calls: read, never change)."""
+    return _weighted_terms(doc.title, doc.prompt, doc.text)
+
+
+@functools.lru_cache(maxsize=TERMS_CACHE_SIZE)
+def _weighted_terms(title: str, prompt: str, body: str) -> Counter[str]:
+    # Cached by content: every draft ranks the whole library, and tokenising each SOP again
+    # was most of a draft's retrieval time. Edited examples simply get a new entry.
     counts: Counter[str] = Counter()
-    for weight, text in ((TITLE_WEIGHT, doc.title), (PROMPT_WEIGHT, doc.prompt),
-                         (BODY_WEIGHT, doc.text)):
+    for weight, text in ((TITLE_WEIGHT, title), (PROMPT_WEIGHT, prompt), (BODY_WEIGHT, body)):
         for term in terms(text):
             counts[term] += weight
     return counts

@@ -35,6 +35,10 @@ _DECORATIONS = [
     re.compile(r"(?<![\w~])~(?=\S)([^~]{1,300}?)(?<=\S)~(?![\w~])"),
 ]
 _SPACES = re.compile(r"\s+")
+# Every rule in `_clean_once` needs one of these characters; most lines have none.
+_NEEDS_CLEANING = re.compile(r"[<\[&`*_~\xa0]")
+# ASCII control characters other than "\n" and "\t" (which `normalize_chars` keeps or widens).
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MAX_PASSES = 6
 
 
@@ -53,6 +57,12 @@ def normalize_chars(text: str) -> str:
     """Unify line breaks and spaces, drop invisible characters; NFC but not NFKC, so that
     "m²" and "µL" survive."""
     text = text.replace("\r\n", "\n").translate(_LINE_BREAKS)
+    if text.isascii() and not _ASCII_CONTROL.search(text):
+        return text.replace("\t", "    ")  # the common case, without a loop per character
+    return _normalize_each_char(text)
+
+
+def _normalize_each_char(text: str) -> str:
     out: list[str] = []
     for ch in text:
         if ch == "\n":
@@ -80,6 +90,12 @@ def clean_inline(text: str) -> str:
 
 
 def _clean_once(text: str) -> str:
+    if not _NEEDS_CLEANING.search(text):
+        return text  # no rule below can change it (checked per character in the tests)
+    return _apply_cleaning_rules(text)
+
+
+def _apply_cleaning_rules(text: str) -> str:
     text = _SLACK_REF.sub(_slack_ref, text)
     text = _SLACK_LINK.sub(lambda m: m.group(2) or m.group(1), text)
     text = _MD_LINK.sub(r"\1", text)

@@ -70,3 +70,70 @@ def test_only_one_model_can_be_active(database_url: str) -> None:
         session.add(ModelVersion(model_id="ft:b", active_lock="active"))
         with pytest.raises(IntegrityError):
             session.commit()
+
+
+# --- SQLite: one writing transaction at a time, queued in the process ------------------------
+
+
+def _audit_row(session: Session, n: int) -> None:
+    audit.record(session, actor="U1", action="test", subject=f"write:{n}")
+    session.flush()
+
+
+def test_sqlite_writers_queue_for_each_other_and_none_is_lost(tmp_path) -> None:  # noqa: ANN001
+    import threading
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'gate.db'}")
+    db.upgrade(engine)
+    first_wrote, release_first = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with Session(engine) as session:
+            _audit_row(session, 1)  # holds the write gate from here...
+            first_wrote.set()
+            release_first.wait(10)
+            order.append("first commits")
+            session.commit()  # ...to here
+
+    def second() -> None:
+        first_wrote.wait(10)
+        with Session(engine) as session:
+            _audit_row(session, 2)  # waits for the first transaction, then writes
+            order.append("second wrote")
+            session.commit()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_wrote.wait(10)
+    threads[1].join(0.2)
+    assert threads[1].is_alive() and order == []  # the second writer is queued, not failing
+    release_first.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert order == ["first commits", "second wrote"]
+    with Session(engine) as session:
+        assert len(audit.events(session, action="test")) == 2
+    engine.dispose()
+
+
+def test_sqlite_write_gate_is_given_back_on_rollback_and_on_a_dropped_session(tmp_path) -> None:  # noqa: ANN001
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'gate.db'}")
+    db.upgrade(engine)
+    gate = db.write_gate(engine)
+    with Session(engine) as session:
+        _audit_row(session, 1)
+        assert gate.held
+        session.rollback()
+        assert not gate.held
+    with Session(engine) as session:
+        _audit_row(session, 2)  # closed without commit: the pool rolls back
+    assert not gate.held
+    with Session(engine) as session:
+        _audit_row(session, 3)
+        session.commit()
+        assert not gate.held
+        assert [e.subject for e in audit.events(session, action="test")] == ["write:3"]
+    engine.dispose()

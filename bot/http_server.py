@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 1_000_000
+CONNECTION_TIMEOUT_SECONDS = 10
 
 
 class _Server(ThreadingHTTPServer):
@@ -30,16 +31,20 @@ class _Server(ThreadingHTTPServer):
     A thread per connection means the accepting thread waits in `Thread.start()` until the new
     thread has run, which under load (every thread wanting the interpreter lock) puts a delay
     on every accept. Pre-started handlers take accepted connections from a queue instead.
+    They are few on purpose: each one needs the interpreter lock to answer, and with 64 of
+    them answering 50 requests at once, each waited behind the others for the lock (ack p99
+    50-75 ms in the load benchmark; 16 threads: 20-40 ms). Connections wait in the queue.
     """
 
     # The default backlog of 5 resets connections when Slack sends a burst (50 commands at
     # once in the load benchmark); a reset command is a lost request.
     request_queue_size = 256
-    handler_threads = 64
+    handler_threads = 16
     acks_first: AcksFirst | None = None
 
     def start_handlers(self) -> None:
         self._accepted: queue.SimpleQueue = queue.SimpleQueue()
+        self._answering: dict[object, bool] = {}  # connection -> a request on it is unanswered
         self._handlers = [
             threading.Thread(target=self._handle_accepted, name=f"sop-bot-http-{n}", daemon=True)
             for n in range(self.handler_threads)
@@ -49,20 +54,29 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001
         # Counted from the accept on, before a handler picks the connection up.
-        if self.acks_first is not None:
-            self.acks_first.request_started()
+        self.request_arrived(request)
         self._accepted.put((request, client_address))
 
+    def request_arrived(self, connection: object) -> None:
+        """A request on `connection` waits for its answer (AcksFirst counts it)."""
+        if self.acks_first is not None and not self._answering.get(connection):
+            self._answering[connection] = True
+            self.acks_first.request_started()
+
+    def request_answered(self, connection: object) -> None:
+        """Its answer is written. A keep-alive connection waiting for its next request is not
+        counted, or an idle connection would hold background work back for seconds."""
+        if self._answering.pop(connection, False) and self.acks_first is not None:
+            self.acks_first.request_finished()
+
     def _handle_accepted(self) -> None:
-        gate = self.acks_first
-        if gate is not None:
-            gate.mark_answering_thread()
+        if self.acks_first is not None:
+            self.acks_first.mark_answering_thread()
         while (item := self._accepted.get()) is not None:
             try:
                 self.process_request_thread(*item)
             finally:
-                if gate is not None:
-                    gate.request_finished()
+                self.request_answered(item[0])
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001
         # The stdlib prints a traceback to stderr; a client hanging up early is not a bug.
@@ -106,6 +120,14 @@ class BotHTTPServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Seconds a connection may stay silent (mid-request, or idle between keep-alive
+            # requests) before its handler thread gives up on it and serves the next one.
+            timeout = CONNECTION_TIMEOUT_SECONDS
+
+            def parse_request(self) -> bool:
+                # The next request on a keep-alive connection: counted again until answered.
+                self.server.request_arrived(self.request)  # type: ignore[attr-defined]
+                return super().parse_request()
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("http: " + format, *args)
@@ -153,6 +175,8 @@ class BotHTTPServer:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                # Counted as answered once the answer is ready; writing it is one send away.
+                self.server.request_answered(self.request)  # type: ignore[attr-defined]
                 self.wfile.write(body)
 
         return Handler

@@ -68,3 +68,23 @@ def test_other_paths_are_not_found(bot) -> None:  # noqa: ANN001
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=5)
     assert info.value.code == 404
+
+
+def test_a_keep_alive_connection_counts_only_while_its_request_is_unanswered(bot) -> None:  # noqa: ANN001
+    """An idle keep-alive connection (a proxy in front of the bot keeps them) must not count
+    as a request being answered, or background work would keep stepping aside for it."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(bot.slack.bot_url)
+    body = "command=%2Fsop&text=&user_id=U1&channel_id=C1&team_id=T1"
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        for _ in range(2):  # two requests on the one connection, both answered
+            connection.request("POST", url.path, body=body, headers=bot.slack.headers_for(
+                body, "application/x-www-form-urlencoded"))
+            answer = connection.getresponse()
+            assert answer.status == 200 and "Tell me which SOP" in answer.read().decode()
+            assert bot.ctx.acks_first.answering == 0  # the connection is still open, idle
+    finally:
+        connection.close()

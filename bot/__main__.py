@@ -59,16 +59,14 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     from bot.recovery import recover_abandoned_drafts
     from bot.recovery import schedule as schedule_recovery
     from sop_pipeline.charts import record_chart_url
-    from sop_pipeline.generation import warm_up as warm_up_drafting
     from sop_pipeline.notifications import FanOutNotifier, LoggingNotifier
     from sop_pipeline.services import build_services
-    from sop_pipeline.tokens import warm_up as warm_up_tokenizer
     from sop_pipeline.training.scheduler import build_scheduler
+    from sop_pipeline.warm_up import warm_up
 
     notifier = FanOutNotifier(LoggingNotifier())
     services = build_services(settings, notifier=notifier)
-    warm_up_tokenizer()  # before the first request, not in 50 racing drafting threads
-    warm_up_drafting(services)
+    warm_up(services)  # before the first request, not in 50 racing threads
     context = build_context(services)
     if settings.sop_admin_channel:
         notifier.notifiers.append(SlackNotifier(

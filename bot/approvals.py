@@ -19,7 +19,14 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks
 from bot.drafting import slack_error
 from bot.runtime import BotContext
-from sop_pipeline.examples import ApprovalResult, ApprovalStatus, approve_sop, retract_example
+from sop_pipeline.examples import (
+    ApprovalResult,
+    ApprovalStatus,
+    approve_sop,
+    example_counts,
+    prepare_sop,
+    retract_example,
+)
 from sop_pipeline.generation import find_generation_by_message
 
 log = logging.getLogger(__name__)
@@ -157,6 +164,9 @@ def approve(ctx: BotContext, candidate: Candidate, approver: str,
             claim_key: str | None = None) -> ApprovalResult | None:
     """Store the approval; None when `claim_key` was already handled (by any instance)."""
     services = ctx.services
+    # Parsing and the pool counts happen outside the writing transaction: it holds the
+    # database's write lock (on SQLite, every other writer waits for it).
+    prepared = prepare_sop(candidate.text, services.template, services.settings)
     with services.session() as session:
         if claim_key is not None and not ctx.claim_in(session, claim_key):
             return None
@@ -165,8 +175,12 @@ def approve(ctx: BotContext, candidate: Candidate, approver: str,
             prompt=candidate.prompt, source="slack", approver=approver,
             author=candidate.author, slack_channel=candidate.channel,
             slack_ts=candidate.slack_ts, generation_id=candidate.generation_id,
+            prepared=prepared, with_counts=False,
         )
         session.commit()
+    if result.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED):
+        with services.session() as session:
+            result.counts = example_counts(session, services.settings)
     return result
 
 

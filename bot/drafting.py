@@ -99,7 +99,7 @@ def draft_in_thread(
     reply_ts = reply["ts"]
     try:
         row = start_generation(ctx.services, request, requester, slack_channel=channel,
-                               slack_thread_ts=thread_ts, slack_ts=reply_ts)
+                               slack_thread_ts=thread_ts, slack_ts=reply_ts, claim=True)
     except RequestRejected as exc:
         client.chat_update(channel=channel, ts=reply_ts, text=str(exc))
         return DraftOutcome(reply_ts, None, str(exc))
@@ -113,7 +113,7 @@ def draft_in_thread(
     preview = StreamingPreview(ctx, channel, reply_ts)
     try:
         result = run_generation(ctx.services, row.id, on_delta=preview.on_delta,
-                                on_reset=preview.on_reset)
+                                on_reset=preview.on_reset, claimed=row)
     except Exception:
         log.exception("generation %s crashed", row.id)
         text = (f":x: Something went wrong while drafting (draft #{row.id}). Try `/sop` "

@@ -21,7 +21,6 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from sop_pipeline.models import ProcessedEvent
 from sop_pipeline.services import Services
 
 log = logging.getLogger(__name__)
@@ -282,10 +281,6 @@ class BotContext:
         """Claim `key` inside the caller's transaction, so the claim commits together with the
         work it guards: a crash before the commit leaves neither, and Slack's re-delivery of
         the event is processed instead of being skipped as already handled."""
-        from sop_pipeline.examples import dialect_insert
+        from sop_pipeline.claims import claim
 
-        # RETURNING, not rowcount: psycopg reports rowcount -1 for ORM-enabled inserts.
-        statement = dialect_insert(session, ProcessedEvent).values(
-            key=key[:200], created_at=self.services.clock()
-        ).on_conflict_do_nothing().returning(ProcessedEvent.key)
-        return session.execute(statement).first() is not None
+        return claim(session, key, self.services.clock())

@@ -169,6 +169,38 @@ def _unshout(title: str) -> str:
 # --- approving ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PreparedSop:
+    """An SOP parsed, checked and rendered canonically: the CPU-heavy half of an approval,
+    done before the transaction so the database's write lock is never held while parsing."""
+
+    sop: Any
+    findings: list
+    canonical: str = ""
+    digest: str = ""
+    tokens: int = 0
+    title: str = ""
+
+    @property
+    def compliant(self) -> bool:
+        return bool(self.canonical)
+
+
+def prepare_sop(text: str, template: Any, settings: Settings) -> PreparedSop:
+    """Parse and validate `text`; compliant SOPs also get their canonical text, hash and size."""
+    from sop_pipeline.sop_format import is_compliant, parse, render_canonical, validate
+
+    sop = parse(text, template)
+    findings = list(validate(
+        sop, template, max_tokens=settings.sop_max_example_tokens, count_tokens=count_tokens
+    ))
+    if not is_compliant(findings):
+        return PreparedSop(sop, findings)
+    canonical = render_canonical(sop, template)
+    return PreparedSop(sop, findings, canonical, content_hash(canonical), count_tokens(canonical),
+                       (sop.title or "").strip())
+
+
 def approve_sop(
     session: Session,
     template: Any,
@@ -184,32 +216,29 @@ def approve_sop(
     generation_id: int | None = None,
     source_path: str | None = None,
     with_counts: bool = True,
+    prepared: PreparedSop | None = None,
 ) -> ApprovalResult:
     """Turn an approved SOP into a training example, once, with an audit record.
 
     Non-compliant text is refused with findings and nothing stored. The same SOP text, or the
     same Slack message, approved again returns status "duplicate" with the existing example;
     a retracted example approved again becomes approved ("reapproved"). `with_counts=False`
-    skips the pool counts (bulk import does not show them per file).
+    skips the pool counts (bulk import does not show them per file). `prepared` is
+    `prepare_sop(text, ...)` when the caller did it before opening its transaction.
     """
-    from sop_pipeline.sop_format import is_compliant, parse, render_canonical, validate
-
-    sop = parse(text, template)
-    findings = validate(
-        sop, template, max_tokens=settings.sop_max_example_tokens, count_tokens=count_tokens
-    )
-    if not is_compliant(findings):
+    prepared = prepared or prepare_sop(text, template, settings)
+    findings = prepared.findings
+    if not prepared.compliant:
         return ApprovalResult(ApprovalStatus.NOT_COMPLIANT, findings=findings)
-    canonical = render_canonical(sop, template)
-    digest = content_hash(canonical)
+    canonical, digest = prepared.canonical, prepared.digest
 
     def counts() -> ExampleCounts | None:
         return example_counts(session, settings) if with_counts else None
 
     values = {
-        "prompt": (prompt or "").strip() or default_prompt(sop.title),
+        "prompt": (prompt or "").strip() or default_prompt(prepared.title),
         "sop_text": canonical,
-        "title": (sop.title or "").strip(),
+        "title": prepared.title,
         "content_hash": digest,
         "source": source,
         "source_path": source_path,
@@ -220,7 +249,7 @@ def approve_sop(
         "approver": approver,
         "approved_at": utcnow(),
         "status": ExampleStatus.APPROVED,
-        "token_count": count_tokens(canonical),
+        "token_count": prepared.tokens,
         "created_at": utcnow(),
     }
     stmt = dialect_insert(session, TrainingExample).values(**values)
@@ -243,6 +272,20 @@ def approve_sop(
         session.refresh(existing)
         return ApprovalResult(ApprovalStatus.REAPPROVED, existing, findings, counts())
     return ApprovalResult(ApprovalStatus.DUPLICATE, existing, findings, counts())
+
+
+def exercise_statements(session: Session, template: Any, settings: Settings, tag: str) -> None:
+    """Run the statements an approval runs, inside the caller's transaction, which must roll
+    them back: SQLAlchemy then has them compiled before the first burst (`sop_pipeline.warm_up`).
+    `tag` makes the made-up example unique, so it can never meet a real one."""
+    digest = content_hash(f"warm-up {tag}")
+    approve_sop(
+        session, template, settings, text="", prompt="warm-up", source="slack", approver="U0",
+        author="U0", slack_channel="C0", slack_ts=f"0.{tag}", generation_id=None,
+        prepared=PreparedSop(None, [], "warm-up", digest, 1, "Warm-up"),
+    )
+    _by_hash(session, digest)
+    _by_message(session, "C0", f"0.{tag}")
 
 
 def _by_hash(session: Session, digest: str) -> TrainingExample | None:

@@ -516,6 +516,30 @@ def test_start_stores_a_pending_row_and_run_completes_it(services, fake_openai):
     assert result.status == "completed" and result.generation_id == row.id
 
 
+def test_a_row_stored_already_claimed_runs_without_a_second_claim(services, fake_openai):
+    from sqlalchemy import event
+
+    from sop_pipeline.generation.recovery import current_worker
+
+    row = start_generation(services, REQUEST, "U1", claim=True)
+    assert row.status == "streaming" and row.worker == current_worker()
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *rest):  # noqa: ANN001, ANN002, ANN202
+        statements.append(" ".join(statement.split()))
+
+    event.listen(services.engine, "before_cursor_execute", record)
+    try:
+        result = run_generation(services, row.id, claimed=row)
+    finally:
+        event.remove(services.engine, "before_cursor_execute", record)
+
+    assert result.status == "completed" and result.generation_id == row.id
+    claims = [s for s in statements if s.startswith("UPDATE generation") and "worker=" in s]
+    assert claims == []
+    assert len(fake_openai.requests_to("/chat/completions")) == 1
+
+
 def test_running_a_completed_generation_again_does_not_call_the_provider(services, fake_openai):
     row = start_generation(services, REQUEST, "U1")
     first = run_generation(services, row.id)

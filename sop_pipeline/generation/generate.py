@@ -38,7 +38,7 @@ from sop_pipeline import model_registry, sop_format
 from sop_pipeline.generation import prompts, requests
 from sop_pipeline.generation.recovery import current_worker
 from sop_pipeline.generation.redaction import Redactor, make_redactor
-from sop_pipeline.generation.retrieval import Document, ids, retrieve
+from sop_pipeline.generation.retrieval import Document, approved_documents, ids, retrieve
 from sop_pipeline.generation.retry import (
     Clock,
     Deadline,
@@ -143,12 +143,18 @@ def start_generation(
     slack_channel: str | None = None,
     slack_thread_ts: str | None = None,
     slack_ts: str | None = None,
+    claim: bool = False,
 ) -> Generation:
     """Validate the request and store a pending Generation (committed). No provider call.
-    `slack_ts` is the reply that will show the draft, when it is already posted."""
+    `slack_ts` is the reply that will show the draft, when it is already posted.
+
+    `claim=True` stores it as already "streaming" by this worker, for a caller that runs it
+    at once (`run_generation(..., claimed=row)`): one database write fewer before the provider
+    call, which under a burst of drafts is what the provider requests queue behind."""
     text = validate_request(request, services.settings.sop_max_request_chars)
     row = Generation(
-        request=text, requester=requester, status="pending", worker=current_worker(),
+        request=text, requester=requester, status="streaming" if claim else "pending",
+        worker=current_worker(),
         slack_channel=slack_channel, slack_thread_ts=slack_thread_ts, slack_ts=slack_ts,
         created_at=services.clock(),
     )
@@ -281,13 +287,15 @@ class _Run:
 def warm_up(services: Services) -> None:
     """Do at start-up what the first draft would otherwise do while the first burst of requests
     is being answered: load the SOP template and build the shared provider client (which
-    imports its HTTP stack). A provider that is not configured yet is skipped: drafts will say
-    what to set."""
+    imports its HTTP stack, and its chat resources on first use). A provider that is not
+    configured yet is skipped: drafts will say what to set."""
     _ = services.template
     try:
-        services.openai_client()
+        client = services.openai_client()
     except ProviderConfigError as exc:
         log.info("provider client not built at start-up: %s", exc)
+        return
+    _ = client.chat.completions.with_streaming_response
 
 
 def run_generation(
@@ -298,6 +306,7 @@ def run_generation(
     cancel: threading.Event | None = None,
     on_reset: Callable[[], None] | None = None,
     clock: Clock | None = None,
+    claimed: Generation | None = None,
 ) -> GenerationResult:
     """Generate the draft for a stored request, streaming it to `on_delta`.
 
@@ -307,11 +316,17 @@ def run_generation(
 
     A completed generation is returned as stored (no second provider call); one that another
     worker is streaming right now is returned as is, status "streaming".
+
+    `claimed` is the row as `start_generation(..., claim=True)` returned it: this worker
+    already owns it, so it is not claimed again.
     """
     clock = clock or Clock()
-    row, won = _claim(services, generation_id)
-    if not won:
-        return _result_from_row(services, row)
+    if claimed is not None and claimed.id == generation_id and claimed.status == "streaming":
+        row = claimed
+    else:
+        row, won = _claim(services, generation_id)
+        if not won:
+            return _result_from_row(services, row)
     started = clock.monotonic()
     run = _Run(
         services=services, redactor=make_redactor(services.settings.sop_redact_patterns),
@@ -629,25 +644,62 @@ def _finish(
     now = services.clock()
     completed = draft is not None and error is None
     text = sop_format.render_canonical(draft.sop, template) if completed and draft else ""
+    outcome = {
+        "status": "completed" if completed else "failed",
+        "error": error,
+        "model": run.model,
+        "mode": run.mode,
+        "prompt_tokens": run.usage.prompt_tokens,
+        "completion_tokens": run.usage.completion_tokens,
+        "latency_ms": latency_ms,
+        "repair_rounds": run.repair_rounds,
+        "retrieved_example_ids": list(run.retrieved),
+        "findings": _findings_json(draft.findings) if completed and draft else [],
+        "compliant": draft.compliant if completed and draft else None,
+        "draft_text": text or None,
+        "completed_at": now,
+    }
     with services.session() as session:
-        row = session.get(Generation, generation_id)
-        assert row is not None
-        row.status = "completed" if completed else "failed"
-        row.error = error
-        row.model, row.mode = run.model, run.mode
-        row.prompt_tokens = run.usage.prompt_tokens
-        row.completion_tokens = run.usage.completion_tokens
-        row.latency_ms = latency_ms
-        row.repair_rounds = run.repair_rounds
-        row.retrieved_example_ids = list(run.retrieved)
-        row.findings = _findings_json(draft.findings) if completed and draft else []
-        row.compliant = draft.compliant if completed and draft else None
-        row.draft_text = text or None
-        row.completed_at = now
-        session.add(row)
+        row = _store_outcome(session, generation_id, outcome)
         session.commit()
         session.refresh(row)
     return _result_from_row(services, row)
+
+
+def _store_outcome(session: Session, generation_id: int, outcome: dict) -> Generation:
+    """Write a run's outcome onto its row (flushed; the caller commits)."""
+    row = session.get(Generation, generation_id)
+    assert row is not None
+    for name, value in outcome.items():
+        setattr(row, name, value)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def exercise_statements(session: Session, services: Services) -> None:
+    """Run the statements a draft runs, inside the caller's transaction, which must roll them
+    back: SQLAlchemy then has them compiled before the first burst (`sop_pipeline.warm_up`).
+    A draft's final UPDATE lists only the columns that changed, so each common shape runs."""
+    find_generation_by_message(session, "C0", "0.0")
+    model_registry.active_model(session)
+    approved_documents(session)
+    for retrieved in ([], [1]):
+        for findings in ([], [{}]):
+            row = Generation(request="warm-up", requester=None, status="streaming",
+                             worker=current_worker(), slack_channel="C0",
+                             slack_thread_ts="0.0", slack_ts="0.0", created_at=services.clock())
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+            assert row.id is not None
+            session.expunge(row)  # so that it is read back, as _finish does
+            _store_outcome(session, row.id, {
+                "status": "completed", "model": "warm-up", "mode": MODE_RETRIEVAL,
+                "prompt_tokens": 1, "completion_tokens": 1, "latency_ms": 1,
+                "retrieved_example_ids": retrieved, "findings": findings, "compliant": True,
+                "draft_text": "warm-up", "completed_at": services.clock(),
+            })
 
 
 def _result_from_row(services: Services, row: Generation) -> GenerationResult:

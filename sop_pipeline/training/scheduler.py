@@ -29,7 +29,8 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from sop_pipeline.models import ProcessedEvent, SchedulerLease
+from sop_pipeline.claims import claim
+from sop_pipeline.models import SchedulerLease
 from sop_pipeline.training import lifecycle
 from sop_pipeline.training.backend import TrainingBackend
 
@@ -139,7 +140,6 @@ def poll_active_runs(
 
 def warn_deprecation_once_a_day(services) -> str | None:  # noqa: ANN001
     """Send the cutoff/shutdown warning at most once per day across all instances."""
-    from sop_pipeline.examples import dialect_insert
     from sop_pipeline.notifications import Notification
 
     today = services.clock().date()
@@ -147,7 +147,7 @@ def warn_deprecation_once_a_day(services) -> str | None:  # noqa: ANN001
     if warning is None:
         return None
     with services.session() as session:
-        inserted = _claim_key(session, dialect_insert, f"deprecation_warning:{today.isoformat()}")
+        inserted = _claim_key(session, f"deprecation_warning:{today.isoformat()}")
     if not inserted:
         return None
     try:
@@ -157,11 +157,9 @@ def warn_deprecation_once_a_day(services) -> str | None:  # noqa: ANN001
     return warning
 
 
-def _claim_key(session: Session, dialect_insert, key: str) -> bool:  # noqa: ANN001
+def _claim_key(session: Session, key: str) -> bool:
     try:
-        table = ProcessedEvent.__table__
-        won = session.execute(dialect_insert(session, table).values(key=key)
-                              .on_conflict_do_nothing().returning(table.c.key)).first() is not None
+        won = claim(session, key)
         session.commit()
     except IntegrityError:  # pragma: no cover - on_conflict covers it
         session.rollback()

@@ -88,3 +88,55 @@ def test_a_keep_alive_connection_counts_only_while_its_request_is_unanswered(bot
             assert bot.ctx.acks_first.answering == 0  # the connection is still open, idle
     finally:
         connection.close()
+
+
+def _raw(bot, data: bytes) -> int:  # noqa: ANN001
+    """Send raw bytes to the bot's port; the status code of its answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(bot.slack.bot_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def _signed_command(bot) -> tuple[str, dict[str, str]]:  # noqa: ANN001
+    body = "command=%2Fsop&text=&user_id=U1&channel_id=C1&team_id=T1"
+    return body, bot.slack.headers_for(body, "application/x-www-form-urlencoded")
+
+
+def test_header_names_are_matched_in_any_case(bot) -> None:  # noqa: ANN001
+    body, headers = _signed_command(bot)
+    lines = [f"{name.upper() if i % 2 else name.lower()}: {value}"
+             for i, (name, value) in enumerate(headers.items())]
+    request = ("POST /slack/events HTTP/1.1\r\nhost: bot\r\ncontent-length: "
+               f"{len(body)}\r\nconnection: close\r\n" + "\r\n".join(lines) + "\r\n\r\n" + body)
+    assert _raw(bot, request.encode()) == 200
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    ("HELLO\r\n\r\n", 400),
+    ("POST /slack/events HTTP/2.0\r\n\r\n", 505),
+    ("POST /slack/events HTTP/one\r\n\r\n", 400),
+    ("POST /slack/events HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+    ("POST /slack/events HTTP/1.1\r\nX-Thing: a\r\n  folded\r\n\r\n", 400),
+    ("POST /slack/events HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+    ("POST /slack/events HTTP/1.1\r\n" + "X-Many: 1\r\n" * 101 + "\r\n", 431),
+])
+def test_malformed_request_heads_get_a_4xx_or_505(bot, request_head: str, status: int) -> None:  # noqa: ANN001
+    assert _raw(bot, request_head.encode()) == status
+    assert bot.ctx.acks_first.answering == 0
+
+
+def test_a_header_line_longer_than_64_kib_is_refused_before_it_is_all_read() -> None:
+    import io
+
+    from bot.http_server import BadRequest, read_headers
+
+    with pytest.raises(BadRequest) as info:
+        read_headers(io.BytesIO(b"X-Long: " + b"a" * 70_000 + b"\r\n\r\n"))
+    assert info.value.status == 431

@@ -61,11 +61,27 @@ def on_sop(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) -> Non
         ack(text=problem, response_type="ephemeral")
         return
     ack()
-    ctx.defer(handle_sop, command, request, respond, ctx=ctx)
+    started = ctx.drafts_first.starting()  # approvals step aside until its request is out
+    try:
+        ctx.defer(handle_sop, command, request, respond, ctx=ctx, started=started)
+    except BaseException:
+        started()
+        raise
 
 
-def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext) -> None:
-    """`/sop <request>`: parent message in the channel, draft in its thread."""
+def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext,
+               started: Callable[[], None] | None = None) -> None:
+    """`/sop <request>`: parent message in the channel, draft in its thread. `started()` is
+    called once the provider request is about to go out, or when drafting ends before that."""
+    try:
+        _post_and_draft(command, request, respond, ctx, started)
+    finally:
+        if started is not None:
+            started()
+
+
+def _post_and_draft(command: dict, request: str, respond: Respond, ctx: BotContext,
+                    started: Callable[[], None] | None) -> None:
     user, channel = command["user_id"], command["channel_id"]
     try:
         parent = ctx.client.chat_postMessage(
@@ -77,7 +93,7 @@ def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext
         return
     try:
         draft_in_thread(ctx, channel=channel, thread_ts=parent["ts"], request=request,
-                        requester=user)
+                        requester=user, on_request=started)
     except SlackApiError as exc:
         log.warning("drafting in %s failed: %s", channel, slack_error(exc))
         _ephemeral(respond, channel_problem(exc) or

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from slack_sdk.errors import SlackApiError
@@ -92,8 +93,10 @@ class DraftOutcome:
 
 def draft_in_thread(
     ctx: BotContext, *, channel: str, thread_ts: str, request: str, requester: str,
+    on_request: Callable[[], None] | None = None,
 ) -> DraftOutcome:
-    """Post a placeholder in the thread, generate, stream, and finish with the draft."""
+    """Post a placeholder in the thread, generate, stream, and finish with the draft.
+    `on_request` is called when the provider request is about to be sent."""
     client = ctx.client
     reply = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=PLACEHOLDER)
     reply_ts = reply["ts"]
@@ -113,7 +116,7 @@ def draft_in_thread(
     preview = StreamingPreview(ctx, channel, reply_ts)
     try:
         result = run_generation(ctx.services, row.id, on_delta=preview.on_delta,
-                                on_reset=preview.on_reset, claimed=row)
+                                on_reset=preview.on_reset, claimed=row, on_request=on_request)
     except Exception:
         log.exception("generation %s crashed", row.id)
         text = (f":x: Something went wrong while drafting (draft #{row.id}). Try `/sop` "

@@ -157,6 +157,60 @@ class AcksFirst:
                 now = self.monotonic()
 
 
+class DraftsFirst:
+    """Approvals and retractions step aside while drafts are starting.
+
+    A draft's requester watches "Drafting…" and the provider needs seconds to answer, so every
+    millisecond before its request goes out is added to the wait; an approval only has to be
+    stored and confirmed, with no deadline. In a burst (50 `/sop` and 20 ✅ at once) the
+    approvals' Slack calls and parsing held back every provider request by a few hundred
+    milliseconds. A draft counts as starting from its acknowledgement until its provider
+    request is about to be sent (or it ended before that); reaction work waits at its start
+    while any draft is starting, never longer than `max_wait` seconds, and loses nothing: the
+    event was acknowledged and is processed after the wait.
+    """
+
+    def __init__(self, *, max_wait: float = 1.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.max_wait = max_wait
+        self.monotonic = monotonic
+        self._starting = 0
+        self._changed = threading.Condition()
+
+    @property
+    def starting_now(self) -> int:
+        return self._starting
+
+    def starting(self) -> Callable[[], None]:
+        """Count one draft as starting; returns `started()`, which ends that (calls after the
+        first do nothing, so every exit path may call it)."""
+        with self._changed:
+            self._starting += 1
+        done = threading.Event()
+
+        def started() -> None:
+            if done.is_set():
+                return
+            with self._changed:
+                if done.is_set():
+                    return
+                done.set()
+                self._starting -= 1
+                if not self._starting:
+                    self._changed.notify_all()
+
+        return started
+
+    def wait_turn(self) -> None:
+        """Wait while drafts are starting, at most `max_wait` seconds."""
+        if not self._starting:
+            return
+        deadline = self.monotonic() + self.max_wait
+        with self._changed:
+            while self._starting and (left := deadline - self.monotonic()) > 0:
+                self._changed.wait(left)
+
+
 class People:
     """A set of Slack users given as user ids (U…/W…) and/or user-group ids (S…).
 
@@ -215,6 +269,7 @@ class BotContext:
     monotonic: Callable[[], float] = time.monotonic
     scheduler: object | None = None  # APScheduler, for "next scheduled check" in status
     acks_first: AcksFirst = field(default_factory=AcksFirst)
+    drafts_first: DraftsFirst = field(default_factory=DraftsFirst)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -1,12 +1,13 @@
 """Acknowledgements first: background work gives way while the HTTP server answers requests,
-and deferred listener work runs in the pool with its failures logged."""
+reaction work while drafts start, and deferred listener work runs in the pool with its
+failures logged."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from bot.runtime import AcksFirst, TrackedExecutor
+from bot.runtime import AcksFirst, DraftsFirst, TrackedExecutor
 
 
 def _in_thread(target) -> threading.Thread:  # noqa: ANN001
@@ -78,3 +79,40 @@ def test_a_deferred_failure_is_logged_with_its_traceback(services, caplog) -> No
     record = next(r for r in caplog.records if "approve_something" in r.getMessage())
     assert record.exc_info and "database went away" in str(record.exc_info[1])
     ctx.executor.shutdown()
+
+
+# --- DraftsFirst: reaction work waits while drafts are starting ------------------------------
+
+
+def test_with_no_draft_starting_reaction_work_does_not_wait() -> None:
+    DraftsFirst(max_wait=60.0).wait_turn()  # a wait here would hang the test for a minute
+
+
+def test_reaction_work_waits_until_the_starting_draft_has_sent_its_request() -> None:
+    drafts = DraftsFirst(max_wait=60.0)
+    started = drafts.starting()
+    passed = threading.Event()
+    worker = _in_thread(lambda: (drafts.wait_turn(), passed.set()))
+    assert not passed.wait(0.2)
+    started()
+    assert passed.wait(10)
+    worker.join(10)
+
+
+def test_a_draft_ends_its_start_once_however_often_it_says_so() -> None:
+    drafts = DraftsFirst()
+    first, second = drafts.starting(), drafts.starting()
+    first()
+    first()  # every exit path may call it; the second call changes nothing
+    assert drafts.starting_now == 1
+    second()
+    assert drafts.starting_now == 0
+
+
+def test_drafts_that_never_finish_starting_hold_reaction_work_at_most_max_wait() -> None:
+    ticks = iter(n * 0.001 for n in range(1000))
+    drafts = DraftsFirst(max_wait=0.002, monotonic=lambda: next(ticks))
+    drafts.starting()  # and never started
+    worker = _in_thread(drafts.wait_turn)
+    worker.join(10)
+    assert not worker.is_alive()

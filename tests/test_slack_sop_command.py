@@ -205,3 +205,33 @@ def test_draft_blocks_respect_slack_limits() -> None:
     assert messages[-1][-1]["type"] == "actions"
     joined = "".join(b["text"]["text"] for m in messages for b in m if b["type"] == "section")
     assert joined.count("Wipe the surface") == 39 * 400
+
+
+def test_a_draft_holds_approvals_back_only_until_its_provider_request_is_out(
+    make_bot, fake_slack, fake_openai,  # noqa: ANN001
+) -> None:
+    """`DraftsFirst`: a /sop counts as starting from its acknowledgement until the provider
+    request is about to be sent, and stops counting when drafting ends early too."""
+    from tests.fakes.openai_fake import default_chat_response
+
+    bot = make_bot()
+    starting: dict[str, int] = {}
+
+    def at_slack(method: str, params: dict) -> None:
+        if method == "chat.postMessage" and "requested by" in str(params.get("text")):
+            starting["parent post"] = bot.ctx.drafts_first.starting_now
+
+    def at_provider(body: dict) -> str:
+        starting["provider request"] = bot.ctx.drafts_first.starting_now
+        return default_chat_response(body)
+
+    fake_slack.before_call = at_slack
+    fake_openai.chat_responses.append(at_provider)
+    assert bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL).status == 200
+    bot.wait()
+    assert starting == {"parent post": 1, "provider request": 0}
+
+    fake_slack.not_member.add(CHANNEL)  # the parent post fails: drafting ends at once
+    assert bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL).status == 200
+    bot.wait()
+    assert bot.ctx.drafts_first.starting_now == 0

@@ -235,6 +235,7 @@ class _Run:
     on_delta: DeltaFn | None
     on_reset: Callable[[], None] | None
     cancel: threading.Event | None
+    on_request: Callable[[], None] | None = None
     client: openai.OpenAI | None = None
     usage: _Usage = field(default_factory=_Usage)
     model: str | None = None
@@ -307,6 +308,7 @@ def run_generation(
     on_reset: Callable[[], None] | None = None,
     clock: Clock | None = None,
     claimed: Generation | None = None,
+    on_request: Callable[[], None] | None = None,
 ) -> GenerationResult:
     """Generate the draft for a stored request, streaming it to `on_delta`.
 
@@ -318,7 +320,8 @@ def run_generation(
     worker is streaming right now is returned as is, status "streaming".
 
     `claimed` is the row as `start_generation(..., claim=True)` returned it: this worker
-    already owns it, so it is not claimed again.
+    already owns it, so it is not claimed again. `on_request` is called just before each
+    provider request is sent (the bot lets other work wait until its first one is out).
     """
     clock = clock or Clock()
     if claimed is not None and claimed.id == generation_id and claimed.status == "streaming":
@@ -331,7 +334,7 @@ def run_generation(
     run = _Run(
         services=services, redactor=make_redactor(services.settings.sop_redact_patterns),
         deadline=Deadline(clock, services.settings.sop_generation_timeout_seconds),
-        on_delta=on_delta, on_reset=on_reset, cancel=cancel,
+        on_delta=on_delta, on_reset=on_reset, cancel=cancel, on_request=on_request,
     )
     draft: _Draft | None = None
     error: str | None = None
@@ -526,6 +529,8 @@ def _stream_once(run: _Run, messages: list[dict[str, object]]) -> tuple[str, str
     parts: list[str] = []
     finish_reason: str | None = None
     usage_seen = False
+    if run.on_request is not None:
+        run.on_request()
     chunks = stream_chat(
         run.client,
         model=run.model or settings.sop_base_model,

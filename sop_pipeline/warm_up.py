@@ -10,10 +10,14 @@ do in many threads at the same time.
   transaction that is always rolled back, so nothing is stored. On PostgreSQL the rolled-back
   inserts still draw one value from each id sequence, as any rolled-back transaction does: ids
   have gaps, never duplicates.
+* Memory that start-up used and freed (migrations, loading the tokenizer) goes back to the
+  operating system: about 7 MB of resident memory the bot would otherwise keep all its life.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import uuid
 
@@ -31,6 +35,7 @@ def warm_up(services: Services) -> None:
     tokens.warm_up()
     warm_up_drafting(services)
     warm_statement_cache(services)
+    release_freed_memory()
 
 
 def warm_statement_cache(services: Services) -> None:
@@ -49,3 +54,15 @@ def warm_statement_cache(services: Services) -> None:
                         "slower", exc_info=True)
         finally:
             session.rollback()
+
+
+def release_freed_memory() -> bool:
+    """Collect garbage and ask the C allocator to return free heap pages to the system.
+    Only glibc has `malloc_trim`; elsewhere this does nothing and returns False."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter is linked with
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

@@ -70,3 +70,12 @@ def test_after_warm_up_a_draft_and_an_approval_compile_no_statement(services) ->
 
     assert result.status == "completed" and approved.status == "approved"
     assert compiled == [], "\n".join(compiled)
+
+
+def test_freed_start_up_memory_is_handed_back_where_the_allocator_can() -> None:
+    import platform
+
+    from sop_pipeline.warm_up import release_freed_memory
+
+    released = release_freed_memory()
+    assert released == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

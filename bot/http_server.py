@@ -26,7 +26,7 @@ EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 1_000_000
 MAX_HEADERS = 100
 MAX_HEADER_LINE = 65536
-CONNECTION_TIMEOUT_SECONDS = 10
+CONNECTION_TIMEOUT_SECONDS = 5
 
 
 class _Server(ThreadingHTTPServer):
@@ -37,13 +37,16 @@ class _Server(ThreadingHTTPServer):
     on every accept. Pre-started handlers take accepted connections from a queue instead.
     They are few on purpose: each one needs the interpreter lock to answer, and with 64 of
     them answering 50 requests at once, each waited behind the others for the lock (ack p99
-    50-75 ms in the load benchmark; 16 threads: 20-40 ms). Connections wait in the queue.
+    50-75 ms in the load benchmark; 8 threads: 20-36 ms). Connections wait in the queue.
+    Because they are few, none may sit on an idle connection: every answer closes its
+    connection (Slack sends each delivery on its own; a proxy in front reconnects cheaply),
+    and a client silent for CONNECTION_TIMEOUT_SECONDS mid-request is dropped.
     """
 
     # The default backlog of 5 resets connections when Slack sends a burst (50 commands at
     # once in the load benchmark); a reset command is a lost request.
     request_queue_size = 256
-    handler_threads = 16
+    handler_threads = 8
     acks_first: AcksFirst | None = None
 
     def start_handlers(self) -> None:
@@ -62,14 +65,14 @@ class _Server(ThreadingHTTPServer):
         self._accepted.put((request, client_address))
 
     def request_arrived(self, connection: object) -> None:
-        """A request on `connection` waits for its answer (AcksFirst counts it)."""
+        """The request on `connection` waits for its answer (AcksFirst counts it)."""
         if self.acks_first is not None and not self._answering.get(connection):
             self._answering[connection] = True
             self.acks_first.request_started()
 
     def request_answered(self, connection: object) -> None:
-        """Its answer is written. A keep-alive connection waiting for its next request is not
-        counted, or an idle connection would hold background work back for seconds."""
+        """Its answer is ready (or the connection ended): it no longer holds background work
+        back."""
         if self._answering.pop(connection, False) and self.acks_first is not None:
             self.acks_first.request_finished()
 
@@ -217,13 +220,11 @@ class BotHTTPServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            # Seconds a connection may stay silent (mid-request, or idle between keep-alive
-            # requests) before its handler thread gives up on it and serves the next one.
+            # Seconds a client may stay silent mid-request before its handler thread gives up
+            # on it and serves the next connection.
             timeout = CONNECTION_TIMEOUT_SECONDS
 
             def parse_request(self) -> bool:
-                # The next request on a keep-alive connection: counted again until answered.
-                self.server.request_arrived(self.request)  # type: ignore[attr-defined]
                 return parse_request(self)
 
             def send_error(self, code: int, message: str | None = None,
@@ -276,6 +277,7 @@ class BotHTTPServer:
                     for value in values:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")  # see _Server: no idle connections
                 self.end_headers()
                 # Counted as answered once the answer is ready; writing it is one send away.
                 self.server.request_answered(self.request)  # type: ignore[attr-defined]

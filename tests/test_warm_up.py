@@ -72,10 +72,15 @@ def test_after_warm_up_a_draft_and_an_approval_compile_no_statement(services) ->
     assert compiled == [], "\n".join(compiled)
 
 
-def test_freed_start_up_memory_is_handed_back_where_the_allocator_can() -> None:
+def test_start_up_objects_are_frozen_and_freed_memory_handed_back_where_possible() -> None:
+    import gc
     import platform
 
-    from sop_pipeline.warm_up import release_freed_memory
+    from sop_pipeline.warm_up import settle_memory
 
-    released = release_freed_memory()
+    try:
+        released = settle_memory()
+        assert gc.get_freeze_count() > 0  # out of the collector's sight from now on
+    finally:
+        gc.unfreeze()  # the test process goes on allocating and freeing
     assert released == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

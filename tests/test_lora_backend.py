@@ -286,7 +286,21 @@ def test_start_job_without_a_local_base_model_says_what_to_set(
     spec = spec_for(backend, tmp_path)
     with pytest.raises(BackendError, match="LOCAL_BASE_MODEL") as caught:
         backend.start_job(spec)
-    assert caught.value.code in ("local_base_model_missing", "local_dependencies_missing")
+    assert caught.value.code == "local_base_model_missing"  # with or without the [local] extra
+    assert not any(p.name.startswith("lora-") for p in (tmp_path / "models").iterdir())
+
+
+def test_start_job_without_the_local_packages_says_what_to_install(
+    make_backend, tmp_path: Path, monkeypatch,  # noqa: ANN001
+) -> None:
+    from sop_pipeline.training import lora_backend
+
+    monkeypatch.setattr(lora_backend, "missing_dependencies", lambda: ["torch", "peft"])
+    backend = make_backend(local_base_model="Qwen/Qwen2.5-1.5B-Instruct")
+    with pytest.raises(BackendError, match=r"\.\[local\]") as caught:
+        backend.start_job(spec_for(backend, tmp_path))
+    assert caught.value.code == "local_dependencies_missing"
+    assert "torch, peft" in str(caught.value)
     assert not any(p.name.startswith("lora-") for p in (tmp_path / "models").iterdir())
 
 

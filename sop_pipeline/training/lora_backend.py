@@ -296,12 +296,14 @@ class LoraBackend:
         }
 
     def start_job(self, spec: JobSpec) -> JobStatus:
-        """Write the job directory and start training in the background; returns "queued"."""
+        """Write the job directory and start training in the background; returns "queued".
+        The settings are checked before the installed packages, so the first error is the
+        same on every machine."""
+        base_model = self._base_model(spec)
         missing = missing_dependencies()
         if missing:
             raise BackendError(f"{INSTALL_HINT} (missing: {', '.join(missing)})",
                                code="local_dependencies_missing")
-        base_model = self._base_model(spec)
         run_id = (spec.metadata or {}).get("run_id")
         job_id = f"lora-{run_id if run_id is not None else 'x'}-{uuid.uuid4().hex[:8]}"
         job_dir = self.job_dir(job_id)

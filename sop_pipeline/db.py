@@ -75,7 +75,11 @@ class SQLiteWriteGate:
 
         @event.listens_for(engine, "checkin")
         def _returned(dbapi_conn, _record) -> None:  # noqa: ANN001
-            self.after_transaction(dbapi_conn)  # a closed or invalidated connection
+            self.after_transaction(dbapi_conn)
+
+        @event.listens_for(engine, "invalidate")
+        def _broken(dbapi_conn, _record, _exception) -> None:  # noqa: ANN001
+            self.after_transaction(dbapi_conn)  # e.g. a disk error: its transaction is gone
 
     def _releasing(self, end_transaction):  # noqa: ANN001, ANN202
         def wrapped(dbapi_conn) -> None:  # noqa: ANN001

@@ -137,3 +137,18 @@ def test_sqlite_write_gate_is_given_back_on_rollback_and_on_a_dropped_session(tm
         assert not gate.held
         assert [e.subject for e in audit.events(session, action="test")] == ["write:3"]
     engine.dispose()
+
+
+def test_sqlite_write_gate_is_given_back_when_a_connection_breaks(tmp_path) -> None:  # noqa: ANN001
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'gate.db'}")
+    db.upgrade(engine)
+    gate = db.write_gate(engine)
+    with Session(engine) as session:
+        _audit_row(session, 1)
+        assert gate.held
+        session.connection().invalidate()  # what SQLAlchemy does when the DBAPI fails
+        assert not gate.held
+    with Session(engine) as session:
+        _audit_row(session, 2)
+        session.commit()
+    engine.dispose()

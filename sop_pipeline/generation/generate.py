@@ -38,7 +38,12 @@ from sop_pipeline import model_registry, sop_format
 from sop_pipeline.generation import prompts, requests
 from sop_pipeline.generation.recovery import current_worker
 from sop_pipeline.generation.redaction import Redactor, make_redactor
-from sop_pipeline.generation.retrieval import Document, approved_documents, ids, retrieve
+from sop_pipeline.generation.retrieval import (
+    Document,
+    approved_documents,
+    ids,
+    select_examples,
+)
 from sop_pipeline.generation.retry import (
     Clock,
     Deadline,
@@ -160,8 +165,7 @@ def start_generation(
     )
     with services.session() as session:
         session.add(row)
-        session.commit()
-        session.refresh(row)
+        session.commit()  # the id comes back with the INSERT; every other value is set here
     return row
 
 
@@ -375,9 +379,10 @@ def _claim(services: Services, generation_id: int) -> tuple[Generation, bool]:
 
 def _produce(run: _Run, request: str) -> _Draft:
     """Fine-tuned model when one is active, else (or when it is gone) retrieval."""
-    with run.services.session() as session:
+    with run.services.session() as session:  # one database round for both questions
         active = model_registry.active_model(session)
         active_id, active_model_id = (active.id, active.model_id) if active else (None, None)
+        documents = None if active_model_id else approved_documents(session)
     if active_model_id:
         run.mode, run.model = MODE_FINE_TUNED, active_model_id
         messages = prompts.fine_tuned_messages(run.services.settings.sop_system_prompt, request)
@@ -386,21 +391,27 @@ def _produce(run: _Run, request: str) -> _Draft:
         except _ModelGone as gone:
             _retire(run.services, active_id, active_model_id, gone.cause)
     run.mode, run.model = MODE_RETRIEVAL, run.services.settings.sop_base_model
-    return _converse(run, _retrieval_messages(run, request))
+    return _converse(run, _retrieval_messages(run, request, documents))
 
 
-def _retrieval_messages(run: _Run, request: str) -> list[dict[str, str]]:
+def _retrieval_messages(
+    run: _Run, request: str, documents: list[Document] | None = None,
+) -> list[dict[str, str]]:
+    """Messages with the approved examples closest to `request` (from `documents` when the
+    caller has just read them, else read now)."""
     settings = run.services.settings
     redact = run.redactor
 
     def example_tokens(doc: Document) -> int:
         return count_chat_tokens(prompts.example_messages(_redacted_doc(doc, redact))) - 3
 
-    with run.services.session() as session:
-        chosen = retrieve(
-            session, redact(request), k=settings.sop_retrieval_k,
-            token_budget=settings.sop_retrieval_token_budget, count_tokens=example_tokens,
-        )
+    if documents is None:
+        with run.services.session() as session:
+            documents = approved_documents(session)
+    chosen = select_examples(
+        redact(request), documents, k=settings.sop_retrieval_k,
+        token_budget=settings.sop_retrieval_token_budget, count_tokens=example_tokens,
+    )
     run.retrieved = ids(chosen)
     return prompts.retrieval_messages(
         settings.sop_system_prompt, run.services.template, request,
@@ -666,8 +677,7 @@ def _finish(
     }
     with services.session() as session:
         row = _store_outcome(session, generation_id, outcome)
-        session.commit()
-        session.refresh(row)
+        session.commit()  # the row keeps its values (expire_on_commit=False): no re-read
     return _result_from_row(services, row)
 
 
@@ -696,7 +706,6 @@ def exercise_statements(session: Session, services: Services) -> None:
                              slack_thread_ts="0.0", slack_ts="0.0", created_at=services.clock())
             session.add(row)
             session.flush()
-            session.refresh(row)
             assert row.id is not None
             session.expunge(row)  # so that it is read back, as _finish does
             _store_outcome(session, row.id, {

@@ -119,10 +119,16 @@ def test_sqlite_writers_queue_for_each_other_and_none_is_lost(tmp_path) -> None:
     engine.dispose()
 
 
-def test_sqlite_write_gate_is_given_back_on_rollback_and_on_a_dropped_session(tmp_path) -> None:  # noqa: ANN001
+@pytest.fixture
+def sqlite_engine(tmp_path):  # noqa: ANN001, ANN201
     engine = db.make_engine(f"sqlite:///{tmp_path / 'gate.db'}")
     db.upgrade(engine)
-    gate = db.write_gate(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_sqlite_write_gate_is_given_back_on_rollback_and_on_a_dropped_session(sqlite_engine) -> None:  # noqa: ANN001, E501
+    engine, gate = sqlite_engine, db.write_gate(sqlite_engine)
     with Session(engine) as session:
         _audit_row(session, 1)
         assert gate.held
@@ -136,13 +142,10 @@ def test_sqlite_write_gate_is_given_back_on_rollback_and_on_a_dropped_session(tm
         session.commit()
         assert not gate.held
         assert [e.subject for e in audit.events(session, action="test")] == ["write:3"]
-    engine.dispose()
 
 
-def test_sqlite_write_gate_is_given_back_when_a_connection_breaks(tmp_path) -> None:  # noqa: ANN001
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'gate.db'}")
-    db.upgrade(engine)
-    gate = db.write_gate(engine)
+def test_sqlite_write_gate_is_given_back_when_a_connection_breaks(sqlite_engine) -> None:  # noqa: ANN001
+    engine, gate = sqlite_engine, db.write_gate(sqlite_engine)
     with Session(engine) as session:
         _audit_row(session, 1)
         assert gate.held
@@ -151,4 +154,3 @@ def test_sqlite_write_gate_is_given_back_when_a_connection_breaks(tmp_path) -> N
     with Session(engine) as session:
         _audit_row(session, 2)
         session.commit()
-    engine.dispose()

@@ -186,15 +186,14 @@ class DraftsFirst:
         first do nothing, so every exit path may call it)."""
         with self._changed:
             self._starting += 1
-        done = threading.Event()
+        done = False
 
         def started() -> None:
-            if done.is_set():
-                return
+            nonlocal done
             with self._changed:
-                if done.is_set():
+                if done:
                     return
-                done.set()
+                done = True
                 self._starting -= 1
                 if not self._starting:
                     self._changed.notify_all()

@@ -174,7 +174,6 @@ class PreparedSop:
     """An SOP parsed, checked and rendered canonically: the CPU-heavy half of an approval,
     done before the transaction so the database's write lock is never held while parsing."""
 
-    sop: Any
     findings: list
     canonical: str = ""
     digest: str = ""
@@ -195,9 +194,9 @@ def prepare_sop(text: str, template: Any, settings: Settings) -> PreparedSop:
         sop, template, max_tokens=settings.sop_max_example_tokens, count_tokens=count_tokens
     ))
     if not is_compliant(findings):
-        return PreparedSop(sop, findings)
+        return PreparedSop(findings)
     canonical = render_canonical(sop, template)
-    return PreparedSop(sop, findings, canonical, content_hash(canonical), count_tokens(canonical),
+    return PreparedSop(findings, canonical, content_hash(canonical), count_tokens(canonical),
                        (sop.title or "").strip())
 
 
@@ -282,7 +281,7 @@ def exercise_statements(session: Session, template: Any, settings: Settings, tag
     approve_sop(
         session, template, settings, text="", prompt="warm-up", source="slack", approver="U0",
         author="U0", slack_channel="C0", slack_ts=f"0.{tag}", generation_id=None,
-        prepared=PreparedSop(None, [], "warm-up", digest, 1, "Warm-up"),
+        prepared=PreparedSop([], "warm-up", digest, 1, "Warm-up"),
     )
     _by_hash(session, digest)
     _by_message(session, "C0", f"0.{tag}")

@@ -8,7 +8,6 @@ from sop_pipeline.generation.retrieval import (
     Document,
     approved_documents,
     rank,
-    retrieve,
     select_examples,
     terms,
 )
@@ -90,9 +89,10 @@ def test_only_approved_examples_are_retrieved_from_the_database(services):
         session.commit()
 
     with services.session() as session:
-        titles = {d.title for d in approved_documents(session)}
-        found = retrieve(session, "autoclave operation", k=3, token_budget=1000,
-                         count_tokens=by_words)
+        documents = approved_documents(session)
+    titles = {d.title for d in documents}
+    found = select_examples("autoclave operation", documents, k=3, token_budget=1000,
+                            count_tokens=by_words)
     assert "Operation of Autoclave" not in titles
     assert len(titles) == 3
     assert "Operation of Autoclave" not in {r.document.title for r in found}

@@ -158,20 +158,5 @@ def approved_documents(session: Session) -> list[Document]:
     ]
 
 
-def retrieve(
-    session: Session,
-    query: str,
-    *,
-    k: int,
-    token_budget: int,
-    count_tokens: Callable[[Document], int],
-) -> list[Retrieved]:
-    """Approved examples most similar to `query`, within `k` and `token_budget`."""
-    return select_examples(
-        query, approved_documents(session), k=k, token_budget=token_budget,
-        count_tokens=count_tokens,
-    )
-
-
 def ids(retrieved: Iterable[Retrieved]) -> list[int]:
     return [item.document.id for item in retrieved]

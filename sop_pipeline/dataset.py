@@ -5,16 +5,18 @@ epoch rule, same billing estimate) and adds what bites in practice: lines that a
 examples over the token limit, duplicates, and too few examples. It reports and keeps going,
 so one bad line never hides the next.
 
-`create_snapshot` freezes the approved examples into versioned files under
-`<data_dir>/snapshots/<hash>/`; the same content always maps to the same snapshot row.
+`create_snapshot` freezes the approved examples into a snapshot row that holds the exact
+JSONL bytes (gzip-compressed), so any instance sharing the database can upload them; the same
+content always maps to the same row. `materialise` writes them out as files when a backend or
+a person needs files.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import threading
 from collections.abc import Iterable, Sequence
@@ -22,8 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from sop_pipeline.examples import dialect_insert, eval_holdout_ids
 from sop_pipeline.models import DatasetSnapshot, ExampleStatus, TrainingExample
@@ -231,7 +232,7 @@ def _read_lines(lines_or_path: Path | str | Iterable[str | dict]) -> list[str | 
             raise DatasetError(
                 f"{path} is not UTF-8 text; export it again as UTF-8 JSONL."
             ) from None
-        return text.splitlines()
+        return list(text.splitlines())
     return list(lines_or_path)
 
 
@@ -375,7 +376,7 @@ def _trainable_examples(
     session: Session, settings: Settings, example_ids: Sequence[int] | None
 ) -> list[TrainingExample]:
     query = select(TrainingExample).where(TrainingExample.status == ExampleStatus.APPROVED)
-    approved = list(session.exec(query.order_by(TrainingExample.id)))
+    approved = list(session.exec(query.order_by(col(TrainingExample.id))))
     if example_ids is not None:
         wanted = set(example_ids)
         found = [ex for ex in approved if ex.id in wanted]
@@ -391,19 +392,56 @@ def _trainable_examples(
     return [ex for ex in approved if ex.id not in held_out]
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # unique per process and thread: two instances may write the same snapshot at once
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
-def _ensure_file(path: Path, text: str) -> None:
-    """Write the file unless it already holds exactly this text (snapshots are immutable)."""
-    if path.exists() and path.read_text(encoding="utf-8") == text:
+def _ensure_file(path: Path, data: bytes) -> None:
+    """Write the file unless it already holds exactly these bytes (snapshots are immutable)."""
+    if path.exists() and path.read_bytes() == data:
         return
-    _write_atomic(path, text)
+    _write_atomic(path, data)
+
+
+def _pack(text: str) -> bytes:
+    """gzip without a timestamp: the same JSONL always packs to the same bytes."""
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+class SnapshotDataMissing(DatasetError):
+    """The snapshot's JSONL was lost before it moved into the database (migration 0002)."""
+
+
+def snapshot_bytes(snapshot: DatasetSnapshot) -> tuple[bytes, bytes | None]:
+    """The exact train and validation JSONL bytes of a snapshot (validation None if none)."""
+    if snapshot.train_jsonl_gz is None:
+        raise SnapshotDataMissing(
+            f"The data of dataset snapshot #{snapshot.id} is missing (its files were gone "
+            "before snapshots moved into the database); start a new run with "
+            "`sop-bot retrain --force` to make a new snapshot.")
+    train = gzip.decompress(snapshot.train_jsonl_gz)
+    validation = (gzip.decompress(snapshot.validation_jsonl_gz)
+                  if snapshot.validation_jsonl_gz is not None else None)
+    return train, validation
+
+
+def materialise(snapshot: DatasetSnapshot, folder: Path) -> tuple[Path, Path | None]:
+    """Write the snapshot's files under `folder/<hash[:12]>/` (kept if already identical) and
+    return their paths: a local copy for a backend that uploads files. Any instance can do
+    this; nothing but the database is needed."""
+    train, validation = snapshot_bytes(snapshot)
+    where = folder / snapshot.content_hash[:12]
+    train_path = where / TRAIN_FILE
+    _ensure_file(train_path, train)
+    validation_path = None
+    if validation is not None:
+        validation_path = where / VALIDATION_FILE
+        _ensure_file(validation_path, validation)
+    return train_path, validation_path
 
 
 def _check_written(train_text: str, validation_text: str, settings: Settings) -> DatasetReport:
@@ -424,11 +462,11 @@ def create_snapshot(
 ) -> DatasetSnapshot:
     """Freeze approved, non-held-out examples (or `example_ids`) into a versioned snapshot.
 
-    Writes `train.jsonl` (and `validation.jsonl` when there are enough examples) under
-    `settings.snapshots_dir/<hash[:12]>/` and records a DatasetSnapshot in the caller's
-    transaction (flushed, not committed). The same content returns the existing row, also when
-    two processes snapshot at once. Raises DatasetError when there are too few examples or the
-    files would fail the fine-tuning API's checks.
+    Stores the bytes of `train.jsonl` (and `validation.jsonl` when there are enough examples)
+    with a DatasetSnapshot row in the caller's transaction (flushed, not committed). The same
+    content returns the existing row, also when two processes snapshot at once. Raises
+    DatasetError when there are too few examples or the files would fail the fine-tuning
+    API's checks.
     """
     examples = _trainable_examples(session, settings, example_ids)
     if len(examples) < settings.sop_min_examples:
@@ -445,12 +483,6 @@ def create_snapshot(
     digest = hashlib.sha256(
         (train_text + "\0validation\0" + validation_text).encode("utf-8")
     ).hexdigest()
-    folder = settings.snapshots_dir / digest[:12]
-    train_path = folder / TRAIN_FILE
-    validation_path = folder / VALIDATION_FILE if validation else None
-    _ensure_file(train_path, train_text)
-    if validation_path is not None:
-        _ensure_file(validation_path, validation_text)
     values = {
         "content_hash": digest,
         "example_ids": [ex.id for ex in examples],
@@ -462,8 +494,8 @@ def create_snapshot(
         "estimated_epochs": report.epochs,
         "estimated_cost_usd": report.estimated_cost_usd,
         "system_prompt": system_prompt,
-        "train_path": str(train_path),
-        "validation_path": str(validation_path) if validation_path else None,
+        "train_jsonl_gz": _pack(train_text),
+        "validation_jsonl_gz": _pack(validation_text) if validation else None,
     }
     return _insert_or_get_snapshot(session, values)
 
@@ -475,14 +507,10 @@ def _insert_or_get_snapshot(session: Session, values: dict) -> DatasetSnapshot:
     snapshot = session.exec(
         select(DatasetSnapshot).where(DatasetSnapshot.content_hash == values["content_hash"])
     ).one()
-    if snapshot.train_path != values["train_path"] and not Path(snapshot.train_path).exists():
-        # The data folder moved since the row was written: point the row at the files we wrote.
-        session.execute(
-            update(DatasetSnapshot)
-            .where(DatasetSnapshot.id == snapshot.id)
-            .values(train_path=values["train_path"], validation_path=values["validation_path"])
-        )
-        session.refresh(snapshot)
+    if snapshot.train_jsonl_gz is None:  # its files were lost before 0002_llm: store them now
+        snapshot.train_jsonl_gz = values["train_jsonl_gz"]
+        snapshot.validation_jsonl_gz = values["validation_jsonl_gz"]
+        session.add(snapshot)
     session.flush()
     return snapshot
 
@@ -506,15 +534,14 @@ def snapshot_summary(snapshot: DatasetSnapshot) -> str:
 def export_dataset(
     session: Session, settings: Settings, out: Path, validation_out: Path | None = None
 ) -> DatasetSnapshot:
-    """Create (or reuse) a snapshot and copy its files to `out` (and `validation_out`).
+    """Create (or reuse) a snapshot and write its files to `out` (and `validation_out`).
 
     When the snapshot has no validation set, `validation_out` is left untouched; the caller
     can tell from `snapshot.n_validation`.
     """
     snapshot = create_snapshot(session, settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(snapshot.train_path, out)
-    if validation_out is not None and snapshot.validation_path:
-        validation_out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(snapshot.validation_path, validation_out)
+    train, validation = snapshot_bytes(snapshot)
+    _write_atomic(out, train)
+    if validation_out is not None and validation is not None:
+        _write_atomic(validation_out, validation)
     return snapshot

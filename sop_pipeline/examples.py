@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, update
-from sqlmodel import Session, select
+from sqlalchemy import text, update
+from sqlmodel import Session, col, select
 
 from sop_pipeline import audit
 from sop_pipeline.models import (
@@ -113,12 +113,14 @@ def dialect_insert(session: Session, table: type) -> Any:
     """The INSERT construct of the session's dialect (SQLite or PostgreSQL), for ON CONFLICT."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - settings only allow sqlite and postgresql
-        raise RuntimeError(f"Unsupported database dialect {name!r}.")
-    return insert(table)
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise RuntimeError(f"Unsupported database dialect {name!r}.")  # pragma: no cover
 
 
 def content_hash(text: str) -> str:
@@ -187,7 +189,7 @@ class PreparedSop:
 
 def prepare_sop(text: str, template: Any, settings: Settings) -> PreparedSop:
     """Parse and validate `text`; compliant SOPs also get their canonical text, hash and size."""
-    from sop_pipeline.sop_format import is_compliant, parse, render_canonical, validate
+    from sop_pipeline.sop_format import is_compliant, parse, render_training_text, validate
 
     sop = parse(text, template)
     findings = list(validate(
@@ -195,7 +197,8 @@ def prepare_sop(text: str, template: Any, settings: Settings) -> PreparedSop:
     ))
     if not is_compliant(findings):
         return PreparedSop(findings)
-    canonical = render_canonical(sop, template)
+    # The author's numbering and words, as approved: never renumbered (issue #13).
+    canonical = render_training_text(sop, template)
     return PreparedSop(findings, canonical, content_hash(canonical), count_tokens(canonical),
                        (sop.title or "").strip())
 
@@ -257,34 +260,33 @@ def approve_sop(
     ).scalar_one_or_none()
     if new_id is not None:
         example = get_example(session, new_id)
+        assert example is not None  # the row this INSERT just returned
         audit.record(
             session, actor=approver or "system", action="approve",
             subject=f"example:{example.id}", new_value=ExampleStatus.APPROVED,
             reason=f"source={source}" + (f" path={source_path}" if source_path else ""),
         )
         session.flush()
+        _embed_after_commit(session, settings, example)
         return ApprovalResult(ApprovalStatus.APPROVED, example, findings, counts())
     existing = _by_hash(session, digest) or _by_message(session, slack_channel, slack_ts)
     if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
         raise RuntimeError("The example conflicted with a row that no longer exists.")
     if existing.status == ExampleStatus.RETRACTED and _reapprove(session, existing, approver):
         session.refresh(existing)
+        _embed_after_commit(session, settings, existing)
         return ApprovalResult(ApprovalStatus.REAPPROVED, existing, findings, counts())
     return ApprovalResult(ApprovalStatus.DUPLICATE, existing, findings, counts())
 
 
-def exercise_statements(session: Session, template: Any, settings: Settings, tag: str) -> None:
-    """Run the statements an approval runs, inside the caller's transaction, which must roll
-    them back: SQLAlchemy then has them compiled before the first burst (`sop_pipeline.warm_up`).
-    `tag` makes the made-up example unique, so it can never meet a real one."""
-    digest = content_hash(f"warm-up {tag}")
-    approve_sop(
-        session, template, settings, text="", prompt="warm-up", source="slack", approver="U0",
-        author="U0", slack_channel="C0", slack_ts=f"0.{tag}", generation_id=None,
-        prepared=PreparedSop([], "warm-up", digest, 1, "Warm-up"),
-    )
-    _by_hash(session, digest)
-    _by_message(session, "C0", f"0.{tag}")
+def _embed_after_commit(session: Session, settings: Settings,
+                        example: TrainingExample | None) -> None:
+    """With SOP_EMBEDDINGS_MODEL set, the example gets its vector once this commits."""
+    if settings.sop_embeddings_model and example is not None and example.id is not None:
+        from sop_pipeline.library import vectors
+
+        vectors.after_approval(session, settings, example.id, example.title or "",
+                               example.prompt, example.sop_text)
 
 
 def _by_hash(session: Session, digest: str) -> TrainingExample | None:
@@ -305,11 +307,11 @@ def _by_message(
 
 def _reapprove(session: Session, example: TrainingExample, approver: str | None) -> bool:
     """Flip retracted → approved with a conditional UPDATE, so only one racer wins."""
-    result = session.execute(
+    result = session.exec(
         update(TrainingExample)
         .where(
-            TrainingExample.id == example.id,
-            TrainingExample.status == ExampleStatus.RETRACTED,
+            col(TrainingExample.id) == example.id,
+            col(TrainingExample.status) == ExampleStatus.RETRACTED,
         )
         .values(
             status=ExampleStatus.APPROVED,
@@ -353,11 +355,11 @@ def retract_example(
         example = _by_message(session, slack_channel, slack_ts)
     if example is None or example.status == ExampleStatus.RETRACTED:
         return example
-    result = session.execute(
+    result = session.exec(
         update(TrainingExample)
         .where(
-            TrainingExample.id == example.id,
-            TrainingExample.status == ExampleStatus.APPROVED,
+            col(TrainingExample.id) == example.id,
+            col(TrainingExample.status) == ExampleStatus.APPROVED,
         )
         .values(status=ExampleStatus.RETRACTED, retracted_at=utcnow(), retracted_by=actor)
     )
@@ -378,7 +380,7 @@ def list_examples(
     session: Session, status: str | None = None, limit: int = 50
 ) -> list[TrainingExample]:
     """Examples newest first, optionally only "approved" or "retracted"."""
-    query = select(TrainingExample).order_by(TrainingExample.id.desc()).limit(limit)
+    query = select(TrainingExample).order_by(col(TrainingExample.id).desc()).limit(limit)
     if status:
         query = query.where(TrainingExample.status == status)
     return list(session.exec(query))
@@ -394,8 +396,8 @@ def trained_example_ids(session: Session) -> set[int]:
     """Ids of examples inside a snapshot that a model was actually trained on."""
     query = (
         select(DatasetSnapshot.example_ids)
-        .join(TrainingRun, TrainingRun.snapshot_id == DatasetSnapshot.id)
-        .where(TrainingRun.state.in_(TRAINED_STATES))
+        .join(TrainingRun, col(TrainingRun.snapshot_id) == DatasetSnapshot.id)
+        .where(col(TrainingRun.state).in_(TRAINED_STATES))
     )
     ids: set[int] = set()
     for example_ids in session.exec(query):
@@ -407,28 +409,66 @@ def example_counts(session: Session, settings: Settings) -> ExampleCounts:
     """Approved, retracted, new since the last training, and trainable counts.
 
     Held-out evaluation examples never train, so they count neither as new nor as trainable.
+    One COUNT query over the table (the hold-out rule and the trained ids evaluated by the
+    database), never loading rows: approvals, status and the retrain check all call this.
     """
-    approved = list(
-        session.exec(
-            select(TrainingExample).where(TrainingExample.status == ExampleStatus.APPROVED)
-        )
-    )
-    retracted = session.exec(
-        select(func.count())
-        .select_from(TrainingExample)
-        .where(TrainingExample.status == ExampleStatus.RETRACTED)
-    ).one()
-    held_out = eval_holdout_ids(approved, settings)
-    trained = trained_example_ids(session)
-    trainable = [ex for ex in approved if ex.id not in held_out]
-    new = [ex for ex in trainable if ex.id not in trained]
+    dialect = session.get_bind().dialect.name
+    states = ", ".join(f"'{state}'" for state in TRAINED_STATES)
+    each_id = ("json_array_elements_text(d.example_ids) AS e(value)" if dialect == "postgresql"
+               else "json_each(d.example_ids) AS e")
+    trained = (f"SELECT CAST(e.value AS integer) FROM dataset_snapshot d JOIN training_run r "
+               f"ON r.snapshot_id = d.id, {each_id} WHERE r.state IN ({states})")
+    held = "1 = 0"
+    params: dict[str, object] = {"approved": ExampleStatus.APPROVED,
+                                 "retracted": ExampleStatus.RETRACTED}
+    if settings.eval_share > 0:
+        held = f"{_share_point_sql(session)} < :cut"
+        params.update(seed=f"{settings.eval_seed}:", cut=settings.eval_share * float(16**12))
+    # The hold-out test runs once per approved row (in the inner query); retracted rows are
+    # counted from the status index alone.
+    row = session.execute(text(
+        "SELECT count(*), coalesce(sum(held), 0), coalesce(sum(fresh), 0), "
+        "coalesce(sum(CASE WHEN held = 0 THEN fresh ELSE 0 END), 0), "
+        "(SELECT count(*) FROM training_example WHERE status = :retracted) "
+        f"FROM (SELECT CASE WHEN {held} THEN 1 ELSE 0 END AS held, "
+        f"CASE WHEN id NOT IN ({trained}) THEN 1 ELSE 0 END AS fresh "
+        "FROM training_example WHERE status = :approved) AS approved_examples"), params).one()
+    approved, held_out, new_all, new_not_held, retracted = (int(v) for v in row)
+    if approved - held_out < settings.sop_min_examples:  # too few to hold any out
+        held_out, new_not_held = 0, new_all
     return ExampleCounts(
-        approved=len(approved),
-        retracted=int(retracted),
-        new_since_last_training=len(new),
+        approved=approved,
+        retracted=retracted,
+        new_since_last_training=new_not_held,
         threshold=settings.retrain_min_new_examples,
-        total_trainable=len(trainable),
+        total_trainable=approved - held_out,
     )
+
+
+def _share_point_sql(session: Session) -> str:
+    """`_share_point` in SQL, as the integer of the hash's first 12 hex digits (compared with
+    share x 16^12): PostgreSQL has sha256; SQLite gets a function on its connection."""
+    if session.get_bind().dialect.name == "postgresql":
+        return ("('x' || substr(encode(sha256(convert_to(:seed || content_hash, 'UTF8')), "
+                "'hex'), 1, 12))::bit(48)::bigint")
+    raw = session.connection().connection.driver_connection
+    assert raw is not None  # a checked-out connection always has one
+    raw.create_function("sop_share_point", 2, _share_int, deterministic=True)
+    return "sop_share_point(:seed, content_hash)"
+
+
+_SHARE_CACHE: dict[tuple[str, str], int] = {}  # a pure function of its arguments
+
+
+def _share_int(prefix: str, digest: str) -> int:
+    key = (prefix, digest)
+    value = _SHARE_CACHE.get(key)
+    if value is None:
+        if len(_SHARE_CACHE) > 200_000:
+            _SHARE_CACHE.clear()
+        value = int(hashlib.sha256(f"{prefix}{digest}".encode()).hexdigest()[:12], 16)
+        _SHARE_CACHE[key] = value
+    return value
 
 
 # --- evaluation hold-out -------------------------------------------------------------------
@@ -454,8 +494,9 @@ def eval_holdout_ids(examples: Iterable[TrainingExample], settings: Settings) ->
         return set()
     held = {
         ex.id for ex in pool
-        if _share_point(settings.eval_seed, ex.content_hash) < settings.eval_share
+        if ex.id is not None
+        and _share_point(settings.eval_seed, ex.content_hash) < settings.eval_share
     }
     if len(pool) - len(held) < settings.sop_min_examples:
         return set()
-    return held  # type: ignore[return-value]
+    return held

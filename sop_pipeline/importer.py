@@ -8,7 +8,7 @@ nothing the second time.
 
 from __future__ import annotations
 
-import zipfile
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +18,10 @@ from sqlmodel import Session
 
 from sop_pipeline.examples import ApprovalStatus, approve_sop
 from sop_pipeline.settings import Settings
+from sop_pipeline.sop_format.documents import SOP_SUFFIXES, SopFileError, read_document
 
-SOP_SUFFIXES = (".txt", ".md", ".docx")
+__all__ = ["SOP_SUFFIXES", "SopFileError", "import_paths", "iter_sop_files", "read_sop_file"]
 
-
-class SopFileError(Exception):
-    """A file cannot be read as an SOP; the text names the file and what to do."""
 
 
 @dataclass
@@ -31,10 +29,52 @@ class FileOutcome:
     """What happened to one file."""
 
     path: Path
-    status: str  # approved | reapproved | duplicate | not_compliant | unreadable
+    status: str  # approved | reapproved | duplicate | not_compliant | unreadable | skipped
     example_id: int | None = None
     findings: list = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # why a file is unreadable or skipped
+    notes: list[str] = field(default_factory=list)  # e.g. the encoding was a guess
+
+    @property
+    def imported(self) -> bool:
+        return self.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED)
+
+    def triage(self, dry_run: bool = False) -> str:
+        """What a QA lead needs to know about this file, in one phrase."""
+        if self.imported:
+            text = "would be imported" if dry_run else "imported"
+            if self.status == ApprovalStatus.REAPPROVED:
+                text += " (again; it had been retracted)"
+        elif self.status == ApprovalStatus.DUPLICATE:
+            text = "already present"
+        elif self.status == ApprovalStatus.NOT_COMPLIANT:
+            first = next((f for f in self.findings if f.severity == "error"), None)
+            text = f"not compliant: {first.message if first else 'see the findings'}"
+        elif self.status == "skipped":
+            text = f"skipped: {self.error}"
+        else:
+            text = f"unreadable: {self.error}"
+        if self.notes:
+            text += "; note: " + " ".join(self.notes)
+        return text
+
+    def line(self, dry_run: bool = False) -> str:
+        return f"{self.path}: {self.triage(dry_run)}"
+
+    def as_dict(self, dry_run: bool = False) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "status": "imported" if self.imported else self.status,
+            "triage": self.triage(dry_run),
+            "example_id": self.example_id,
+            "error": self.error,
+            "notes": list(self.notes),
+            "findings": [
+                {"code": f.code, "severity": f.severity, "message": f.message,
+                 "section": f.section}
+                for f in self.findings
+            ],
+        }
 
 
 @dataclass
@@ -42,6 +82,7 @@ class ImportReport:
     """Totals and per-file outcomes of an import."""
 
     outcomes: list[FileOutcome] = field(default_factory=list)
+    dry_run: bool = False
 
     def _count(self, *statuses: str) -> int:
         return sum(1 for o in self.outcomes if o.status in statuses)
@@ -63,14 +104,54 @@ class ImportReport:
         return [o for o in self.outcomes if o.status == "unreadable"]
 
     @property
+    def skipped(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.status == "skipped"]
+
+    @property
     def failed(self) -> int:
         return len(self.not_compliant) + len(self.unreadable)
 
+    def counts(self) -> dict[str, int]:
+        return {
+            "files": len(self.outcomes),
+            "imported": self.imported,
+            "already_present": self.duplicates,
+            "not_compliant": len(self.not_compliant),
+            "unreadable": len(self.unreadable),
+            "skipped": len(self.skipped),
+        }
+
     def summary(self) -> str:
-        return (
-            f"{len(self.outcomes)} file(s): {self.imported} imported, {self.duplicates} already "
-            f"present, {len(self.not_compliant)} not compliant, {len(self.unreadable)} unreadable."
+        verb = "would be imported" if self.dry_run else "imported"
+        text = (
+            f"{len(self.outcomes)} file(s): {self.imported} {verb}, {self.duplicates} already "
+            f"present, {len(self.not_compliant)} not compliant, {len(self.unreadable)} "
+            f"unreadable, {len(self.skipped)} skipped (not SOPs)."
         )
+        return f"Dry run, nothing was stored. {text}" if self.dry_run else text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "summary": self.counts(),
+            "files": [o.as_dict(self.dry_run) for o in self.outcomes],
+        }
+
+
+# File names that are never SOPs, whatever folder they sit in.
+_NOT_SOP_NAME = re.compile(
+    r"^(?:readme|licen[cs]e|changelog|changes|history|contributing|code[-_ ]of[-_ ]conduct|"
+    r"security|authors|notice|index|toc|summary|sources|"
+    r"(?:sop[-_ ]?)?(?:catalogu?e?|register|list|index)(?:[-_ ]of[-_ ]sops?)?)$",
+    re.I,
+)
+
+
+def skip_reason(path: Path) -> str | None:
+    """Why a file found in a folder is not an SOP, judged by its name; None if it may be."""
+    if _NOT_SOP_NAME.match(path.stem):
+        return f"{path.name} is a {path.stem.upper()} file, not an SOP"
+    return None
 
 
 def iter_sop_files(paths: Iterable[Path | str]) -> Iterator[Path]:
@@ -103,163 +184,9 @@ def _ignored(path: Path, root: Path) -> bool:
 
 
 def read_sop_file(path: Path) -> str:
-    """The text of an SOP file; .docx paragraphs in order with their list numbering.
-
-    Raises SopFileError (a sentence) for corrupt, unsupported or non-text files.
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".docx":
-        return _read_docx(path)
-    if suffix not in (".txt", ".md"):
-        raise SopFileError(
-            f"{path.name} is not a .txt, .md or .docx file; save it in one of those formats."
-        )
-    data = path.read_bytes()
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise SopFileError(f"{path.name} is not readable text; save it as UTF-8 and import again.")
-
-
-def _read_docx(path: Path) -> str:
-    try:
-        import docx
-        from docx.opc.exceptions import PackageNotFoundError
-    except ImportError as exc:  # pragma: no cover - python-docx is a dependency
-        raise SopFileError("Reading .docx needs the python-docx package; install it.") from exc
-    try:
-        document = docx.Document(str(path))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise SopFileError(
-            f"{path.name} is not a readable Word document ({type(exc).__name__}); open it in "
-            "Word, save it again as .docx and import again."
-        ) from None
-    lines = []
-    numbering = _NumberingState(document)
-    for paragraph in document.paragraphs:
-        text = paragraph.text.strip()
-        if not text:
-            lines.append("")
-            continue
-        lines.append(numbering.prefix(paragraph) + text)
-    return "\n".join(lines).strip() + "\n"
-
-
-@dataclass(frozen=True)
-class _Level:
-    fmt: str = "decimal"
-    text: str = ""
-    start: int = 1
-
-
-class _NumberingState:
-    """Reconstructs the visible numbers of Word auto-numbered paragraphs ("5.1", "a)", "-").
-
-    Typed numbers ("5.1 Switch off ...") are part of the text already; Word list numbering is
-    not, so we rebuild it from the paragraph's (or its style's) numPr and the level's lvlText,
-    which keeps the structure the SOP parser needs. Bullets become "- ".
-    """
-
-    def __init__(self, document: Any) -> None:
-        self._counters: dict[str, list[int | None]] = {}
-        self._levels = _numbering_levels(document)
-
-    def prefix(self, paragraph: Any) -> str:
-        num = _num_pr(paragraph)
-        if num is None:
-            return ""
-        num_id, level = num
-        spec = self._levels.get((num_id, level), _Level())
-        if spec.fmt in ("bullet", "none"):
-            return "- " if spec.fmt == "bullet" else ""
-        counters = self._counters.setdefault(num_id, [None] * 9)
-        current = counters[level]
-        counters[level] = spec.start if current is None else current + 1
-        for deeper in range(level + 1, 9):
-            counters[deeper] = None
-        text = spec.text or "%" + str(level + 1) + "."
-        for index in range(9):
-            token = f"%{index + 1}"
-            if token in text:
-                value = counters[index]
-                if value is None:
-                    value = self._levels.get((num_id, index), _Level()).start
-                fmt = self._levels.get((num_id, index), _Level()).fmt
-                text = text.replace(token, _format_number(value, fmt))
-        return text.strip() + " "
-
-
-def _format_number(value: int, fmt: str) -> str:
-    if fmt in ("lowerLetter", "upperLetter"):
-        letters = ""
-        while value > 0:
-            value, rest = divmod(value - 1, 26)
-            letters = chr(ord("a") + rest) + letters
-        return letters.upper() if fmt == "upperLetter" else letters
-    if fmt in ("lowerRoman", "upperRoman"):
-        roman = _roman(value)
-        return roman if fmt == "upperRoman" else roman.lower()
-    return str(value)
-
-
-def _roman(value: int) -> str:
-    numerals = (
-        (1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"),
-        (50, "L"), (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"),
-    )
-    out = ""
-    for number, letters in numerals:
-        while value >= number:
-            out += letters
-            value -= number
-    return out
-
-
-def _num_pr(paragraph: Any) -> tuple[str, int] | None:
-    """(numId, level) from the paragraph, or from its style chain (e.g. "List Number")."""
-    ppr = paragraph._p.pPr  # noqa: SLF001 - python-docx exposes numbering only via XML
-    num_pr = ppr.numPr if ppr is not None else None
-    style = paragraph.style
-    while (num_pr is None or num_pr.numId is None) and style is not None:
-        style_ppr = style.element.pPr
-        num_pr = style_ppr.numPr if style_ppr is not None else None
-        style = style.base_style
-    if num_pr is None or num_pr.numId is None or num_pr.numId.val == 0:
-        return None
-    level = num_pr.ilvl.val if num_pr.ilvl is not None else 0
-    return str(num_pr.numId.val), int(level)
-
-
-def _numbering_levels(document: Any) -> dict[tuple[str, int], _Level]:
-    """(numId, level) → format, lvlText and start, read from numbering.xml."""
-    levels: dict[tuple[str, int], _Level] = {}
-    try:
-        numbering = document.part.numbering_part.element
-    except (NotImplementedError, KeyError, AttributeError):
-        return levels
-    w = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-
-    def val(node: Any, tag: str, default: str = "") -> str:
-        child = node.find(f"{w}{tag}")
-        return child.get(f"{w}val", default) if child is not None else default
-
-    abstract: dict[str, dict[int, _Level]] = {}
-    for node in numbering.findall(f"{w}abstractNum"):
-        abstract[node.get(f"{w}abstractNumId")] = {
-            int(lvl.get(f"{w}ilvl", "0")): _Level(
-                fmt=val(lvl, "numFmt", "decimal"),
-                text=val(lvl, "lvlText"),
-                start=int(val(lvl, "start", "1") or 1),
-            )
-            for lvl in node.findall(f"{w}lvl")
-        }
-    for num in numbering.findall(f"{w}num"):
-        ref = val(num, "abstractNumId")
-        for level, spec in abstract.get(ref, {}).items():
-            levels[(num.get(f"{w}numId"), level)] = spec
-    return levels
+    """The text of an SOP file (any common encoding; .docx paragraphs and tables in order,
+    with their list numbering). Raises SopFileError (a sentence) for unreadable files."""
+    return read_document(path).text
 
 
 def import_paths(
@@ -270,39 +197,106 @@ def import_paths(
     *,
     actor: str,
     progress: Callable[[Path, FileOutcome], None] | None = None,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Import every SOP file under `paths` as an approved example (source "import").
 
     Each file is committed on its own, so a crash half-way keeps what was imported and a rerun
     continues (already-imported files come back as duplicates). `progress` is called after
-    each file. Unreadable and non-compliant files are reported, never raised.
+    each file. Unreadable and non-compliant files are reported, never raised; files that are
+    not SOPs (README, catalogues, text without any SOP section) are skipped with a reason.
+    `dry_run` checks everything and writes nothing.
     """
-    report = ImportReport()
+    report = ImportReport(dry_run=dry_run)
     for path in iter_sop_files(paths):
-        outcome = _import_one(session, template, settings, path, actor)
+        outcome = _import_one(session, template, settings, path, actor, dry_run)
         report.outcomes.append(outcome)
         if progress is not None:
             progress(path, outcome)
     return report
 
 
-def _import_one(
-    session: Session, template: Any, settings: Settings, path: Path, actor: str
-) -> FileOutcome:
+def read_for_import(path: Path) -> tuple[str | None, FileOutcome | None, list[str]]:
+    """(text, outcome if the file cannot be an SOP, notes)."""
+    reason = skip_reason(path)
+    if reason is not None:
+        return None, FileOutcome(path, "skipped", error=reason), []
     try:
-        text = read_sop_file(path)
+        document = read_document(path)
     except SopFileError as exc:
-        return FileOutcome(path, "unreadable", error=str(exc))
-    if not text.strip():
-        return FileOutcome(path, "unreadable", error=f"{path.name} is empty; nothing to import.")
+        return None, FileOutcome(path, "unreadable", error=str(exc)), []
+    if not document.text.strip():
+        return None, FileOutcome(
+            path, "unreadable", error=f"{path.name} is empty; nothing to import."
+        ), []
+    return document.text, None, document.notes
+
+
+def not_an_sop(path: Path) -> FileOutcome:
+    return FileOutcome(
+        path, "skipped",
+        error=f"{path.name} has none of the SOP sections (Objective, Scope, Procedure ...); "
+        "it does not look like an SOP",
+    )
+
+
+def looks_like_sop(text: str, template: Any) -> bool:
+    """At least one template section heading: a catalogue or README has none."""
+    from sop_pipeline.sop_format import parse
+
+    return any(section.key for section in parse(text, template).sections)
+
+
+def _import_one(
+    session: Session, template: Any, settings: Settings, path: Path, actor: str, dry_run: bool
+) -> FileOutcome:
+    from sop_pipeline.examples import prepare_sop
+
+    text, outcome, notes = read_for_import(path)
+    if outcome is not None:
+        return outcome
+    assert text is not None
+    prepared = prepare_sop(text, template, settings)  # parsed once, outside the transaction
+    if not prepared.compliant and not looks_like_sop(text, template):
+        return not_an_sop(path)
+    if dry_run:
+        return _dry_run_one(session, path, prepared, notes)
     try:
         result = approve_sop(
             session, template, settings, text=text, source="import", approver=actor,
-            source_path=str(path), with_counts=False,
+            source_path=str(path), with_counts=False, prepared=prepared,
         )
         session.commit()
     except Exception:
         session.rollback()
         raise
     example_id = result.example.id if result.example is not None else None
-    return FileOutcome(path, result.status, example_id=example_id, findings=result.findings)
+    return FileOutcome(
+        path, result.status, example_id=example_id, findings=result.findings, notes=notes
+    )
+
+
+def _dry_run_one(
+    session: Session, path: Path, prepared: Any, notes: list[str]
+) -> FileOutcome:
+    """What importing would do, by reading only."""
+    from sqlmodel import select
+
+    from sop_pipeline.models import ExampleStatus, TrainingExample
+
+    if not prepared.compliant:
+        return FileOutcome(
+            path, ApprovalStatus.NOT_COMPLIANT, findings=prepared.findings, notes=notes
+        )
+    existing = session.exec(
+        select(TrainingExample).where(TrainingExample.content_hash == prepared.digest)
+    ).first()
+    if existing is None:
+        status = ApprovalStatus.APPROVED
+    elif existing.status == ExampleStatus.RETRACTED:
+        status = ApprovalStatus.REAPPROVED
+    else:
+        status = ApprovalStatus.DUPLICATE
+    example_id = existing.id if existing is not None else None
+    return FileOutcome(path, status, example_id=example_id, findings=prepared.findings,
+                       notes=notes)

@@ -16,6 +16,8 @@ from sop_pipeline.dataset import (
     create_snapshot,
     estimate_epochs,
     export_dataset,
+    materialise,
+    snapshot_bytes,
     snapshot_summary,
     split_examples,
 )
@@ -154,35 +156,36 @@ def test_split_is_deterministic_and_skips_validation_for_small_sets(services: Se
     assert split_examples(examples[:19], services.settings) == (examples[:19], [])
 
 
-def test_snapshot_writes_checked_files_and_is_reused_for_same_content(
-    services: Services,
+def test_snapshot_stores_checked_bytes_and_is_reused_for_same_content(
+    services: Services, tmp_path: Path,
 ) -> None:
     examples = approve_many(services, 12)
     n = len(trainable(examples, services.settings))
     assert n == 11, "one of these twelve is held out for evaluation"
     with db.session_scope(services.engine) as session:
         snapshot = create_snapshot(session, services.settings)
-    train = Path(snapshot.train_path)
-    assert train.parent.parent == services.settings.snapshots_dir
+    assert not services.settings.snapshots_dir.exists(), "nothing is written to local disk"
+    train, _ = materialise(snapshot, tmp_path / "elsewhere")
+    assert train.read_bytes() == snapshot_bytes(snapshot)[0]
+    assert train.parent.parent == tmp_path / "elsewhere"
     assert train.parent.name == snapshot.content_hash[:12]
     assert check_dataset(train, services.settings).ok
     first = json.loads(train.read_text().splitlines()[0])["messages"]
     assert [m["role"] for m in first] == ["system", "user", "assistant"]
     assert first[0]["content"] == services.settings.sop_system_prompt
     assert snapshot.n_train == 11 and snapshot.n_validation == 0
-    assert snapshot.validation_path is None
+    assert snapshot.validation_jsonl_gz is None and snapshot_bytes(snapshot)[1] is None
     assert snapshot.token_count > 0 and snapshot.estimated_epochs == 9  # 100 // 11
     assert snapshot_summary(snapshot).startswith(
         "11 examples (11 train, no validation set: fewer than 20 examples), "
     )
     assert "about 9 epochs, estimated cost $" in snapshot_summary(snapshot)
 
-    train.unlink()
     with db.session_scope(services.engine) as session:
         again = create_snapshot(session, services.settings)
         assert again.id == snapshot.id
         assert len(session.exec(select(DatasetSnapshot)).all()) == 1
-    assert train.exists(), "missing files are written again"
+    assert snapshot_bytes(again) == snapshot_bytes(snapshot)
 
 
 def test_snapshot_with_validation_and_explicit_ids(services: Services) -> None:
@@ -198,7 +201,7 @@ def test_snapshot_with_validation_and_explicit_ids(services: Services) -> None:
     assert sorted(snapshot.train_example_ids + snapshot.validation_example_ids) == sorted(
         e.id for e in used
     )
-    assert Path(snapshot.validation_path).read_text().count("\n") == 2
+    assert snapshot_bytes(snapshot)[1].count(b"\n") == 2
     assert "(21 train, 2 validation)" in snapshot_summary(snapshot)
     assert subset.example_ids == [e.id for e in examples[:10]]
     with db.session_scope(services.engine) as session, pytest.raises(DatasetError, match="#999"):
@@ -215,7 +218,7 @@ def test_retracted_examples_leave_the_next_snapshot(services: Services) -> None:
     assert examples[0].id in before.example_ids
     assert examples[0].id not in after.example_ids
     assert after.id != before.id
-    assert examples[0].title not in Path(after.train_path).read_text()
+    assert examples[0].title.encode() not in snapshot_bytes(after)[0]
 
 
 def test_too_few_examples_is_a_sentence_and_stores_nothing(services: Services) -> None:
@@ -250,7 +253,7 @@ def test_export_copies_the_snapshot_files(services: Services, tmp_path: Path) ->
     out, val = tmp_path / "out" / "train.jsonl", tmp_path / "out" / "val.jsonl"
     with db.session_scope(services.engine) as session:
         snapshot = export_dataset(session, services.settings, out, val)
-    assert out.read_text() == Path(snapshot.train_path).read_text()
-    assert val.read_text() == Path(snapshot.validation_path).read_text()
+    assert out.read_bytes() == snapshot_bytes(snapshot)[0]
+    assert val.read_bytes() == snapshot_bytes(snapshot)[1]
     report = check_dataset(out, services.settings)
     assert report.ok and report.n_examples == snapshot.n_train

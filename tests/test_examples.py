@@ -85,7 +85,9 @@ def test_compliant_sop_becomes_canonical_example_with_audit(services: Services) 
     assert result.stored
     example = result.example
     assert example.id is not None
-    assert "1.0 Objective:" in example.sop_text and "\r" not in example.sop_text
+    # The training text keeps the author's numbering and heading as approved (issue #13);
+    # only the markup (here: CRLF line ends) is normalised.
+    assert "1. OBJECTIVE: To lay down" in example.sop_text and "\r" not in example.sop_text
     assert example.content_hash == content_hash(example.sop_text)
     assert example.prompt == "Write an SOP for Cleaning of Tablet Compression Machine"
     assert example.title == "Cleaning of Tablet Compression Machine"

@@ -201,7 +201,10 @@ def test_markdown_subheadings_inside_a_section_are_content() -> None:
 )
 def test_every_list_style_under_procedure_becomes_steps(markers: list[str]) -> None:
     words = ["Stop", "Open", "Wipe"]
-    body = "\n".join(f"{m}{word} the machine" for m, word in zip(markers, words, strict=True))
+    # Plain lines without a marker continue the line before (hard-wrapped text); only a
+    # blank line makes them separate entries.
+    joiner = "\n" if markers[0] else "\n\n"
+    body = joiner.join(f"{m}{word} the machine" for m, word in zip(markers, words, strict=True))
     sop = parse(f"Title: T\n5.0 Procedure:\n{body}\n")
     assert steps(sop) == ["Stop the machine", "Open the machine", "Wipe the machine"]
 

@@ -85,8 +85,13 @@ def test_each_broken_fixture_yields_exactly_its_finding(
 ) -> None:
     findings = validate(parse(read(DATA / "sops_broken" / name), TEMPLATE), TEMPLATE)
     assert [(f.code, f.section) for f in findings] == [expected]
-    assert findings[0].severity == "error"
-    assert not is_compliant(findings)
+    # An undefined abbreviation is advice by default (issue #13); the template can make it
+    # an error. Every other deviation refuses the SOP.
+    if name == "undefined_abbreviation.txt":
+        assert findings[0].severity == "warning" and is_compliant(findings)
+    else:
+        assert findings[0].severity == "error"
+        assert not is_compliant(findings)
 
 
 # --- messages say what to fix ----------------------------------------------------------------
@@ -139,15 +144,17 @@ def test_empty_and_placeholder_sections_are_errors(body: str) -> None:
     assert finding.message == "Section 4.0 Accountability is empty. Write its content."
 
 
-def test_too_few_steps_counts_top_level_steps_only() -> None:
+def test_too_few_steps_counts_steps_at_any_level() -> None:
+    # Grouped steps (5.1 with 5.1.1, 5.1.2) count their sub-steps, not the group heading:
+    # the old rule counted only "5.1" and refused real, compliant SOPs (issue #13).
     text = COMPLETE.replace("5.2 Remove", "5.1.1 Remove").replace("5.3 Wash", "5.1.2 Wash")
     (finding,) = [f for f in findings_for(text) if f.code == "too_few_steps"]
-    assert "has 1 step;" in finding.message and "at least 3" in finding.message
+    assert "has 2 steps;" in finding.message and "at least 3" in finding.message
 
 
 def test_unknown_sections_are_warnings_and_do_not_break_compliance() -> None:
     findings = findings_for(COMPLETE + "\n7.0 References: SOP/QA/001\n")
-    assert [(f.code, f.severity) for f in findings] == [("unknown_section", "warning")]
+    assert [(f.code, f.severity) for f in findings] == [("extra_section", "warning")]
     assert is_compliant(findings)
 
 
@@ -245,7 +252,7 @@ def test_summary_is_a_verdict_and_one_line_per_finding() -> None:
         "The SOP does not follow the house format (1 error, 1 warning)."
     )
     assert summary.splitlines()[1].startswith("- [error] The SOP has no title.")
-    assert summary.splitlines()[2].startswith("- [warning] Section 'Annex'")
+    assert summary.splitlines()[2].startswith("- [warning] Section '7.0 Annex'")
 
 
 def test_findings_are_frozen_and_compliance_ignores_warnings() -> None:

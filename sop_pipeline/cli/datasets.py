@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from sop_pipeline.cli.common import UserError, console, friendly, load_services
+
+if TYPE_CHECKING:  # imported lazily at run time, so `sop-bot --help` stays fast
+    from sop_pipeline.dataset import DatasetReport
 
 
 def register(app: typer.Typer) -> None:
@@ -45,7 +49,7 @@ def export_command(
     console.print(f"Snapshot #{snapshot.id}: {snapshot_summary(snapshot)}.", highlight=False)
     console.print(f"Training file: {out}", highlight=False)
     if validation_out is not None:
-        if snapshot.validation_path:
+        if snapshot.n_validation:
             console.print(f"Validation file: {validation_out}", highlight=False)
         else:
             console.print(
@@ -79,7 +83,7 @@ def check_command(
         raise typer.Exit(1)
 
 
-def _print_report(file: Path, report: object) -> None:
+def _print_report(file: Path, report: DatasetReport) -> None:
     console.print(f"{file}: {report.n_lines} line(s), {report.n_examples} example(s).",
                   highlight=False)
     if report.errors:

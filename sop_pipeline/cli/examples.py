@@ -6,26 +6,39 @@ import dataclasses
 import getpass
 import json
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from sop_pipeline.cli.common import UserError, console, friendly, load_services
+from sop_pipeline.cli.common import UserError, console, err_console, friendly, load_services
+
+if TYPE_CHECKING:  # imported lazily at run time, so `sop-bot --help` stays fast
+    from sqlmodel import Session
+
+    from sop_pipeline.importer import FileOutcome
+    from sop_pipeline.settings import Settings
 
 IMPORT_HELP = """Import SOP files (.txt, .md, .docx, folders) as approved training examples.
 
-Folders are searched recursively.
-Each file is checked against the house format; compliant files become examples (source
-"import"), files already imported are skipped, non-compliant and unreadable files are listed
-with what to fix.
+Folders are searched recursively. Prints one line per file as it goes:
+imported / already present / not compliant: <first finding> / unreadable: <why> /
+skipped: <why> (README, catalogues and other files that are not SOPs), then a summary.
+--dry-run checks everything and stores nothing; --json prints one JSON report instead.
+When the output is not a terminal, a plain progress line goes to stderr now and then.
 
 Exit codes: 0 when every file was imported or already present, or when at least one file was
 imported (problem files are listed); 1 when no file could be imported and some failed, or no
 SOP files were found; 2 for usage or configuration errors.
 """
+
+# A plain progress line at most this often (files, seconds) when stderr is not a terminal.
+PROGRESS_EVERY_FILES = 100
+PROGRESS_EVERY_SECONDS = 10.0
 
 
 def default_actor() -> str:
@@ -36,6 +49,7 @@ def default_actor() -> str:
 def finding_dict(finding: object) -> dict:
     """A finding as plain data (the format checker's Finding is a dataclass)."""
     if dataclasses.is_dataclass(finding):
+        # typeshed's is_dataclass also admits dataclass types; findings are instances
         return dataclasses.asdict(finding)  # type: ignore[arg-type]
     keys = ("code", "severity", "message", "section")
     return {key: getattr(finding, key, None) for key in keys}
@@ -47,12 +61,12 @@ def _finding_line(finding: object) -> str:
     return f"{data.get('severity', 'error')} {data.get('code')}{section}: {data.get('message')}"
 
 
-def _load_template(settings: object):  # noqa: ANN202
+def _load_template(settings: Settings):  # noqa: ANN202
     from sop_pipeline.sop_format import load_template
     from sop_pipeline.sop_format.template import TemplateError
 
     try:
-        return load_template(settings.sop_template)  # type: ignore[attr-defined]
+        return load_template(settings.sop_template)
     except TemplateError as exc:
         raise UserError(f"{exc} Fix SOP_TEMPLATE or the template file.") from None
 
@@ -72,6 +86,8 @@ def register(app: typer.Typer) -> None:
 def import_command(
     paths: list[Path] = typer.Argument(..., help="SOP files or folders to import."),
     actor: str = typer.Option(None, help="Who approves the import (default: $USER)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every file; store nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     from sop_pipeline.importer import import_paths, iter_sop_files
 
@@ -81,43 +97,70 @@ def import_command(
         console.print(f"No .txt, .md or .docx files found in {shown}; nothing to import.")
         raise typer.Exit(1)
     services = load_services()
+    reporter = _ImportProgress(len(files), dry_run=dry_run, quiet=as_json)
     try:
-        with services.session() as session, Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            console=console, transient=True,
-        ) as progress:
-            task = progress.add_task("Importing SOPs", total=len(files))
+        with services.session() as session, reporter:
             report = import_paths(
                 session, services.template, services.settings, files,
-                actor=actor or default_actor(),
-                progress=lambda path, _outcome: progress.advance(task),
+                actor=actor or default_actor(), progress=reporter.file_done, dry_run=dry_run,
             )
     finally:
         services.engine.dispose()
-    _print_import_report(report)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        typer.echo(report.summary())
     if report.failed and not (report.imported or report.duplicates):
         raise typer.Exit(1)
 
 
-def _print_import_report(report: object) -> None:
-    table = Table(title="Import")
-    table.add_column("Outcome")
-    table.add_column("Files", justify="right")
-    table.add_row("imported", str(report.imported))
-    table.add_row("already present", str(report.duplicates))
-    table.add_row("not compliant", str(len(report.not_compliant)))
-    table.add_row("unreadable", str(len(report.unreadable)))
-    console.print(table)
-    for outcome in report.not_compliant:
-        console.print(f"[yellow]Not compliant:[/yellow] {escape(str(outcome.path))}",
-                      highlight=False)
-        for finding in outcome.findings:
-            data = finding_dict(finding)
-            if data.get("severity") == "error":
-                console.print(f"  - {_finding_line(finding)}", highlight=False, markup=False)
-    for outcome in report.unreadable:
-        console.print(f"[red]Unreadable:[/red] {escape(outcome.error or '')}", highlight=False)
-    console.print(report.summary())
+class _ImportProgress:
+    """Per-file triage lines on stdout as files finish; a progress bar on a terminal, or a
+    plain "k of n files" line on stderr now and then when output is piped or logged."""
+
+    def __init__(self, total: int, *, dry_run: bool, quiet: bool) -> None:
+        self.total, self.dry_run, self.quiet = total, dry_run, quiet
+        self.done = 0
+        self.live = err_console.is_terminal
+        self.bar: Progress | None = None
+        self.last_files = 0
+        self.last_time = time.monotonic()
+
+    def __enter__(self) -> _ImportProgress:
+        if self.live:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                console=err_console, transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("Importing SOPs", total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.done != self.last_files:
+            self._plain_line()
+
+    def file_done(self, _path: Path, outcome: FileOutcome) -> None:
+        self.done += 1
+        if not self.quiet:
+            line = outcome.line(self.dry_run)
+            if self.bar is not None:
+                self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            else:
+                typer.echo(line)
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        elif (
+            self.done - self.last_files >= PROGRESS_EVERY_FILES
+            or time.monotonic() - self.last_time >= PROGRESS_EVERY_SECONDS
+        ):
+            self._plain_line()
+
+    def _plain_line(self) -> None:
+        self.last_files, self.last_time = self.done, time.monotonic()
+        typer.echo(f"progress: {self.done} of {self.total} files", err=True)
 
 
 @friendly
@@ -125,8 +168,18 @@ def validate_command(
     files: list[Path] = typer.Argument(..., help="SOP files (.txt, .md, .docx) to check."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check SOP files against the house format; exit 1 if any is not compliant."""
-    from sop_pipeline.importer import SopFileError, iter_sop_files, read_sop_file
+    """Check SOP files against the house format; exit 1 if any is not compliant.
+
+    Each file gets the same triage line as `sop-bot import` (would be imported / not
+    compliant: <first finding> / unreadable / skipped), then its findings.
+    """
+    from sop_pipeline.importer import (
+        FileOutcome,
+        iter_sop_files,
+        looks_like_sop,
+        not_an_sop,
+        read_for_import,
+    )
     from sop_pipeline.settings import load_settings
     from sop_pipeline.sop_format import is_compliant, parse, validate
     from sop_pipeline.tokens import count_tokens
@@ -135,18 +188,24 @@ def validate_command(
     template = _load_template(settings)
     results = []
     for path in iter_sop_files(files):
-        try:
-            text = read_sop_file(path)
-        except SopFileError as exc:
-            results.append({"file": str(path), "compliant": False, "error": str(exc),
-                            "findings": []})
-            continue
-        findings = validate(
-            parse(text, template), template,
-            max_tokens=settings.sop_max_example_tokens, count_tokens=count_tokens,
-        )
+        text, outcome, notes = read_for_import(path)
+        findings: list = []
+        if outcome is None:
+            assert text is not None
+            findings = validate(
+                parse(text, template), template,
+                max_tokens=settings.sop_max_example_tokens, count_tokens=count_tokens,
+            )
+            if is_compliant(findings):
+                outcome = FileOutcome(path, "approved", findings=findings, notes=notes)
+            elif looks_like_sop(text, template):
+                outcome = FileOutcome(path, "not_compliant", findings=findings, notes=notes)
+            else:
+                outcome = not_an_sop(path)
+                findings = []
         results.append({
-            "file": str(path), "compliant": is_compliant(findings), "error": None,
+            "file": str(path), "compliant": outcome.imported, "error": outcome.error,
+            "triage": outcome.triage(dry_run=True), "notes": notes,
             "findings": [finding_dict(f) for f in findings],
         })
     if not results:
@@ -161,18 +220,14 @@ def validate_command(
 
 def _print_validation(results: list[dict]) -> None:
     for result in results:
-        mark = "[green]compliant[/green]" if result["compliant"] else "[red]NOT compliant[/red]"
-        console.print(f"{escape(result['file'])}: {mark}", highlight=False)
-        if result["error"]:
-            console.print(f"  - {result['error']}", highlight=False, markup=False)
+        typer.echo(f"{result['file']}: {result['triage']}")
         for finding in result["findings"]:
             section = f" [{finding['section']}]" if finding.get("section") else ""
-            console.print(
-                f"  - {finding['severity']} {finding['code']}{section}: {finding['message']}",
-                highlight=False, markup=False,
+            typer.echo(
+                f"  - {finding['severity']} {finding['code']}{section}: {finding['message']}"
             )
     ok = sum(1 for r in results if r["compliant"])
-    console.print(f"{ok} of {len(results)} file(s) compliant.")
+    typer.echo(f"{ok} of {len(results)} file(s) compliant.")
 
 
 @friendly
@@ -268,8 +323,8 @@ def retract_command(
         console.print(f"Example #{example_id} retracted; it will not be used in future training.")
 
 
-def _status_of(session: object, example_id: int) -> str | None:
+def _status_of(session: Session, example_id: int) -> str | None:
     from sop_pipeline.examples import get_example
 
-    example = get_example(session, example_id)  # type: ignore[arg-type]
+    example = get_example(session, example_id)
     return example.status if example else None

@@ -6,7 +6,14 @@ definition of what a well-formed SOP is.
 
 from .model import SOP, Item, Section
 from .parse import parse
-from .render import canonicalize, render_canonical, render_markdown, render_structure
+from .render import (
+    canonicalize,
+    render_canonical,
+    render_markdown,
+    render_structure,
+    render_training_text,
+    training_text,
+)
 from .template import SectionSpec, Template, TemplateError, load_template
 from .validate import Finding, is_compliant, summarize, validate
 
@@ -25,6 +32,8 @@ __all__ = [
     "render_canonical",
     "render_markdown",
     "render_structure",
+    "render_training_text",
     "summarize",
+    "training_text",
     "validate",
 ]

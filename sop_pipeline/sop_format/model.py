@@ -21,6 +21,8 @@ class Item:
     number: str | None
     text: str
     level: int = 1
+    # The marker exactly as written ("5.1", "1)", "Step 3", "-"), for the training text.
+    marker: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Section:
     heading: str
     body: str = ""
     items: list[Item] = field(default_factory=list)
+    # The number as written ("5.0", "5)", "Section 5"), for the training text.
+    label: str | None = field(default=None, compare=False)
 
     @property
     def major(self) -> int | None:

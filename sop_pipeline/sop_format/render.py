@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import SOP, Section
-from .parse import parse, split_definition
+from .parse import parse, reads_as_heading, split_definition, starts_entry
 from .template import Template, load_template
 
 
@@ -46,6 +46,48 @@ def render_canonical(sop: SOP, template: Template | None = None) -> str:
             lines.append(f"{item.number} {item.text}" if item.number else item.text)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n" if blocks else ""
+
+
+def render_training_text(sop: SOP, template: Template | None = None) -> str:
+    """The text an approved SOP becomes as training data: the author's own numbers, levels,
+    headings and words, in the author's order, with only the markup normalised ("Title: ...",
+    one blank line between sections, wrapped lines joined into their item). Nothing is ever
+    renumbered here; numbering problems are findings for a person to fix."""
+    template = template or load_template(None)
+    blocks: list[str] = []
+    if sop.title:
+        blocks.append(f"Title: {sop.title}")
+    known_yet = False
+    for section in sop.sections:
+        spec = template.spec(section.key)
+        kind = spec.kind if spec else "items"
+        known_yet = known_yet or spec is not None
+        head = " ".join(part for part in (section.label, section.heading) if part) + ":"
+        if spec is None and (not section.label or not known_yet):
+            # Without a number, or before the first house section, only the Markdown mark
+            # keeps it a heading ("## Summary:", "## 1. General Considerations:").
+            head = f"## {head}"
+        elif spec is not None and not reads_as_heading(section.heading, template):
+            head = f"## {head}"  # "## Process Steps:", as it was marked in the source
+        lines = [f"{head} {section.body}" if section.body else head]
+        for index, item in enumerate(section.items):
+            if item.marker:
+                # Bullets and plain numbers show their level by indenting, as written.
+                dotted = bool(item.number and "." in item.number)
+                indent = "" if dotted else "   " * (item.level - 1)
+                lines.append(f"{indent}{item.marker} {item.text}")
+            elif index == 0 or starts_entry(item.text, kind):
+                lines.append(item.text)
+            else:  # a paragraph of its own: the blank line keeps it from joining the last
+                lines.extend(["", item.text])
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n" if blocks else ""
+
+
+def training_text(text: str, template: Template | None = None) -> str:
+    """Pasted text in, training text out (see `render_training_text`)."""
+    template = template or load_template(None)
+    return render_training_text(parse(text, template), template)
 
 
 def render_markdown(sop: SOP, template: Template | None = None) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SectionKind = Literal["paragraph", "items", "definitions"]
+Severity = Literal["error", "warning"]
 
 
 class TemplateError(ValueError):
@@ -58,6 +59,8 @@ class Template:
     abbreviation_max_length: int = 6
     abbreviation_ignore: frozenset[str] = frozenset()
     ignore_roman_numerals: bool = True
+    undefined_abbreviation: Severity = "warning"
+    extra_sections: Severity = "warning"
     source: str = "<memory>"
 
     def spec(self, key: str | None) -> SectionSpec | None:
@@ -144,6 +147,8 @@ def _build_template(data: dict[str, Any], source: str) -> Template:
             s.upper() for s in _str_tuple(abbreviations, "ignore", source)
         ),
         ignore_roman_numerals=_bool(abbreviations, "ignore_roman_numerals", True, source),
+        undefined_abbreviation=_severity(abbreviations, "undefined", source),
+        extra_sections=_severity(rules, "extra_sections", source),
         source=source,
     )
     _check_rules(template, source)
@@ -221,6 +226,13 @@ def _bool(table: dict[str, Any], name: str, default: bool, source: str) -> bool:
     if not isinstance(value, bool):
         raise _fail(source, f"has '{name}' that is not true/false")
     return value
+
+
+def _severity(table: dict[str, Any], name: str, source: str) -> Severity:
+    value = table.get(name, "warning")
+    if value not in ("warning", "error"):
+        raise _fail(source, f"has '{name}' that is not \"warning\" or \"error\"")
+    return "error" if value == "error" else "warning"
 
 
 def _int(table: dict[str, Any], name: str, default: int, source: str) -> int:

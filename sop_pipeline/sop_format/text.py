@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _LINE_BREAKS = str.maketrans(
     {"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x0b": "\n", "\x0c": "\n", "\x85": "\n"}
@@ -51,6 +51,10 @@ class Line:
     indent: int = 0
     marked: bool = False
     hashes: int = 0
+    gap: bool = False  # a blank line came before it: a new paragraph, not a wrapped line
+    code: bool = False  # the whole line was one `code span`: literal text, never a heading
+    table_header: bool = False  # a Markdown table's header row: column names, not a heading
+    table_row: bool = False  # "| a | b |": each row is an entry, never a wrapped line
 
 
 def normalize_chars(text: str) -> str:
@@ -117,18 +121,53 @@ def _slack_ref(match: re.Match[str]) -> str:
 def split_lines(text: str) -> list[Line]:
     """Clean every line of a pasted SOP; drop blank, fence and punctuation-only lines."""
     lines: list[Line] = []
-    for raw in normalize_chars(text).split("\n"):
+    gap = False
+    raws = normalize_chars(text).split("\n")
+    for index, raw in enumerate(raws):
         line = _clean_line(raw)
-        if line is not None:
-            lines.append(line)
+        if line is None:
+            gap = True
+            continue
+        if gap:
+            line = replace(line, gap=True)
+        if index + 1 < len(raws) and raw.lstrip().startswith("|") and _TABLE_RULE.match(
+            raws[index + 1]
+        ):
+            line = replace(line, table_header=True)
+        lines.append(line)
+        gap = False
     return lines
+
+
+# The "|---|:---:|" line under a Markdown table's header row.
+_TABLE_RULE = re.compile(r"^\s*\|?(?:\s*:?-+:?\s*\|)+\s*(?::?-+:?\s*)?$")
+_CODE_LINE = re.compile(r"^`[^`]+`$")
+
+
+def _whole_bold(text: str) -> bool:
+    """ "**References**" alone on a line; "**Owner** | *name*" (two spans) is not one."""
+    match = _WHOLE_BOLD.match(text)
+    return match is not None and match.group(1) not in match.group(2)
+
+
+_TABLE_SEPARATOR = re.compile(r"\s*\|\s*")
+
+
+def _table_row(text: str) -> str:
+    """A Markdown table row "| IPA | Isopropyl Alcohol |" becomes "IPA | Isopropyl Alcohol":
+    the outer pipes are markup, the inner ones still separate the cells."""
+    if not text.startswith("|"):
+        return text
+    cells = [cell for cell in _TABLE_SEPARATOR.split(text.strip("|")) if cell]
+    return " | ".join(cells)
 
 
 def _clean_line(raw: str) -> Line | None:
     indent = len(raw) - len(raw.lstrip())
-    text = raw.strip()
+    text = _table_row(raw.strip())
     marked = False
     hashes = 0
+    code = _CODE_LINE.match(text) is not None
     for _ in range(_MAX_PASSES):  # "*## Heading*" needs two rounds
         before = text
         if _FENCE.match(text):
@@ -139,11 +178,16 @@ def _clean_line(raw: str) -> Line | None:
             hashes = hashes or len(heading.group().strip())
             text = text[heading.end() :].rstrip("#").strip()
             marked = True
-        if _WHOLE_BOLD.match(text):
+        if _whole_bold(text):
             marked = True
         text = clean_inline(text)
         if text == before:
             break
     if not any(ch.isalnum() for ch in text):
         return None  # rules, "---", "..." and stray bullets carry nothing
-    return Line(text=text, indent=indent, marked=marked, hashes=hashes)
+    if code:
+        text = f"`{text}`"  # kept a literal, so that approved again it still is not a heading
+    table_row = raw.strip().startswith("|") and "|" in raw.strip()[1:]
+    return Line(
+        text=text, indent=indent, marked=marked, hashes=hashes, code=code, table_row=table_row
+    )

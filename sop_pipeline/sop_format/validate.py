@@ -15,7 +15,7 @@ from typing import Literal
 
 from .model import SOP, Section
 from .parse import split_definition
-from .render import render_canonical
+from .render import render_training_text
 from .template import SectionSpec, Template
 
 Severity = Literal["error", "warning"]
@@ -201,10 +201,12 @@ def _check_section(section: Section, template: Template) -> Iterator[Finding]:
     spec = template.spec(section.key)
     name = _name(section, template)
     if spec is None:
-        yield _warning(
-            "unknown_section",
-            f"Section '{section.heading}' is not part of the house format; it is kept after "
-            "the standard sections. Rename it to a standard heading or remove it.",
+        shown = " ".join(part for part in (section.label, section.heading) if part)
+        yield Finding(
+            "extra_section",
+            template.extra_sections,
+            f"Section '{shown}' is not part of the house format; it is kept as its own "
+            "section, as written. Rename it to a standard heading or remove it.",
         )
     if _is_empty(section, template):
         yield _error("empty_section", f"Section {name} is empty. Write its content.", section.key)
@@ -222,8 +224,21 @@ def _is_empty(section: Section, template: Template) -> bool:
     return not meaningful
 
 
+def count_steps(section: Section) -> int:
+    """Steps at any level: every item that has no sub-steps of its own, so "5.1 Preparation"
+    with 5.1.1 and 5.1.2 counts as two steps. Numbered or bulleted items count; plain
+    paragraphs count only when the procedure has no marked items at all."""
+    marked = [item for item in section.items if item.marker or item.number]
+    items = marked or section.items
+    return sum(
+        1
+        for index, item in enumerate(items)
+        if index + 1 == len(items) or items[index + 1].level <= item.level
+    )
+
+
 def _check_steps(section: Section, spec: SectionSpec, template: Template) -> Iterator[Finding]:
-    steps = sum(1 for item in section.items if item.level == 1)
+    steps = count_steps(section)
     if steps < template.min_steps:
         yield _error(
             "too_few_steps",
@@ -235,11 +250,13 @@ def _check_steps(section: Section, spec: SectionSpec, template: Template) -> Ite
 
 
 def _check_stray_subsections(section: Section, spec: SectionSpec) -> Iterator[Finding]:
-    if section.items:
+    """Sub-numbers ("2.1") in a one-paragraph section; bullets there are fine."""
+    numbered = [item for item in section.items if item.number and "." in item.number]
+    if numbered:
         yield _warning(
             "unexpected_subsections",
             f"Section {spec.label} should be a single paragraph but has numbered lines "
-            f"({section.items[0].number} ...). Merge them into the section text.",
+            f"({numbered[0].number} ...). Merge them into the section text.",
             spec.key,
         )
 
@@ -292,8 +309,9 @@ def _check_abbreviations(sop: SOP, template: Template) -> Iterator[Finding]:
             if token in defined or token in reported:
                 continue
             reported.add(token)
-            yield _error(
+            yield Finding(
                 "undefined_abbreviation",
+                template.undefined_abbreviation,
                 f"The abbreviation {token} is used in {where} but not defined. "
                 f"Add '{token}: <meaning>' to {target}.",
                 template.abbreviations_section,
@@ -329,22 +347,47 @@ def _body_texts(sop: SOP, template: Template) -> Iterator[tuple[str, str]]:
 
 def _abbreviations_in(text: str, template: Template) -> Iterator[str]:
     """All-caps tokens that need a definition. Skipped: words in the template's ignore list,
-    roman numerals, codes with digits ("QC/PH/01", "PHE-2"), and shouted phrases such as
-    "UNDER CLEANING" or an all-caps title."""
+    roman numerals, ordinary words in capitals ("AUTO", "STABLE"), document codes
+    ("QC/PH/01", "PHE-2") and shouted phrases such as "UNDER CLEANING" or an all-caps title.
+    Capitals mixed with digits in one token ("CO2", "H2O2") are candidates too."""
     low, high = template.abbreviation_min_length, template.abbreviation_max_length
     pattern = _abbreviation_pattern(low, high)
     words = text.split()
     shouted = _shouted_words(words, high)
     for index, word in enumerate(words):
-        if index in shouted or any(ch.isdigit() for ch in word):
+        if index in shouted:
+            continue
+        if any(ch.isdigit() for ch in word):
+            mixed = _MIXED_WITH_DIGITS.fullmatch(word.strip(_PUNCTUATION))
+            if (
+                mixed
+                and sum(ch.isalpha() for ch in mixed.group(1)) >= 2
+                and mixed.group(1) not in template.abbreviation_ignore
+            ):
+                yield mixed.group(1)
             continue
         for match in pattern.finditer(word):
             token = match.group(1)
-            if token in template.abbreviation_ignore:
+            if token in template.abbreviation_ignore or token.casefold() in ordinary_words():
                 continue
             if template.ignore_roman_numerals and _ROMAN.match(token):
                 continue
             yield token
+
+
+_PUNCTUATION = ".,;:!?()[]{}'\"’“”"
+# A chemical-formula-like token: capitals and digits, starting with a capital ("CO2").
+_MIXED_WITH_DIGITS = re.compile(r"((?:[A-Z]{1,2}\d{1,2}){1,3}[A-Z]?)s?")
+
+
+@lru_cache(maxsize=1)
+def ordinary_words() -> frozenset[str]:
+    """Words that are ordinary English even in capitals (see ordinary_words.txt)."""
+    from importlib import resources
+
+    raw = (resources.files("sop_pipeline.sop_format") / "ordinary_words.txt").read_text("utf-8")
+    words = (line.split("#", 1)[0] for line in raw.splitlines())
+    return frozenset(word.casefold() for line in words for word in line.split())
 
 
 def _shouted_words(words: list[str], max_length: int) -> set[int]:
@@ -374,7 +417,7 @@ def _abbreviation_pattern(low: int, high: int) -> re.Pattern[str]:
 def _check_tokens(
     sop: SOP, template: Template, max_tokens: int, count_tokens: Callable[[str], int]
 ) -> Iterator[Finding]:
-    tokens = count_tokens(render_canonical(sop, template))
+    tokens = count_tokens(render_training_text(sop, template))
     if tokens > max_tokens:
         yield _error(
             "over_token_limit",

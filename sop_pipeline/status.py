@@ -7,10 +7,10 @@ same `StatusReport`, so what admins see in Slack and in a terminal never disagre
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from sop_pipeline import model_registry
-from sop_pipeline.training import lifecycle
+from sop_pipeline.training import lifecycle, sunset
 from sop_pipeline.training.scheduler import next_check_time
 
 
@@ -38,6 +38,10 @@ class StatusReport:
     days_to_shutdown: int = 0
     deprecation_warning: str | None = None
     retraining_enabled: bool = True
+    rollback_to: str | None = None  # what `models rollback` would switch to (admin buttons)
+    active_version_id: int | None = None  # the active version row ("base" rows included)
+    # --- sunset: per configured backend, can it train and until when (training/sunset.toml)
+    training_backends: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +81,35 @@ class StatusReport:
                    f"in {self.days_to_shutdown} day(s)")
         if self.deprecation_warning:
             out.append(f"Warning: {self.deprecation_warning}")
+        out.extend(sunset_lines(self.training_backends))
         return out
+
+
+# --- sunset ---------------------------------------------------------------------------------
+
+
+def sunset_lines(backends: list[dict]) -> list[str]:
+    """One line per configured backend: whether it can train, until when, or why not."""
+    out = []
+    for item in backends:
+        if item["can_train"]:
+            until = f"until {item['until']}" if item.get("until") else "no announced end"
+            out.append(f"Training on {item['backend']}: can train ({until})")
+        else:
+            out.append(f"Training on {item['backend']}: cannot train. {item.get('reason') or ''}"
+                       .rstrip())
+    return out
+
+
+def _countdown(settings, today: date) -> tuple[int, int, str | None]:  # noqa: ANN001
+    """Days to the active backend's last training day and retirement, and the warning."""
+    backend = settings.training_backend
+    model = sunset.model_for(settings, backend)
+    found = sunset.window(sunset.PROVIDER_OF.get(backend, ""), model)
+    to_cutoff = (found.last_training_day - today).days if found and found.last_training_day else 0
+    to_shutdown = (found.retired_on - today).days if found and found.retired_on else 0
+    return to_cutoff, to_shutdown, sunset.warning(backend, model, today,
+                                                  settings.deprecation_warning_days)
 
 
 def _run_row(run) -> dict:  # noqa: ANN001 - TrainingRun
@@ -93,8 +125,7 @@ def status_report(services, *, scheduler=None) -> StatusReport:  # noqa: ANN001
     from sop_pipeline.examples import example_counts
 
     settings = services.settings
-    days_cutoff, days_shutdown, warning = lifecycle.deprecation_status(
-        settings, services.clock().date())
+    days_cutoff, days_shutdown, warning = _countdown(settings, services.clock().date())
     report = StatusReport(
         backend=settings.training_backend, base_model=settings.sop_base_model,
         threshold=settings.retrain_min_new_examples, days_to_cutoff=days_cutoff,
@@ -102,11 +133,17 @@ def status_report(services, *, scheduler=None) -> StatusReport:  # noqa: ANN001
         retraining_enabled=settings.training_backend != "none",
         next_check=_iso(next_check_time(scheduler)),
     )
+    report.training_backends = sunset.report(services)
     with services.session() as session:
         active = model_registry.active_model(session)
         if active is not None:
             report.active_model = active.model_id
             report.active_model_since = _iso(active.activated_at)
+        current = model_registry.active_version(session)
+        report.active_version_id = current.id if current is not None else None
+        target = model_registry.rollback_target(session, create=False)
+        if target is not None:
+            report.rollback_to = model_registry.label(target, settings.sop_base_model)
         counts = example_counts(session, settings)
         report.approved = counts.approved
         report.retracted = counts.retracted

@@ -1,27 +1,50 @@
-"""Retrieval of similar approved SOPs: BM25 ranking, k, token budget, approved-only."""
+"""Retrieval of similar approved SOPs, ranked by the database: the index follows approvals,
+retractions, imports and migrations; a draft reads only its few rows; SQLite and PostgreSQL
+agree on the top 3."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from sop_pipeline.generation.retrieval import (
-    Document,
-    approved_documents,
-    rank,
-    select_examples,
-    terms,
-)
+import pytest
+from sqlalchemy import event, inspect, text, update
+from sqlmodel import Session
+
+from sop_pipeline import db
+from sop_pipeline.examples import approve_sop, retract_example
+from sop_pipeline.generation.retrieval import Document, ids, retrieve, terms
+from sop_pipeline.importer import import_paths
+from sop_pipeline.library import search
 from sop_pipeline.models import TrainingExample
+from sop_pipeline.services import Services, build_services
+from tests.conftest import DATA_DIR, make_settings
 
+SOPS = DATA_DIR / "sops"
 LIBRARY = [
-    Document(1, "Cleaning of Tablet Compression Machine", "Write an SOP for cleaning of the "
-             "tablet press", "Dismantle the punches and dies. Clean with purified water."),
-    Document(2, "Operation of Autoclave", "Write an SOP for autoclave operation",
-             "Load the chamber. Start the sterilization cycle at 121 °C."),
-    Document(3, "Calibration of Analytical Balance", "Write an SOP for balance calibration",
-             "Check the balance with standard weights every day."),
-    Document(4, "Pest Control", "Write an SOP for pest control in the warehouse",
-             "Inspect the rodent bait stations weekly; clean the warehouse floor."),
+    ("Cleaning of Tablet Compression Machine", "Write an SOP for cleaning of the tablet press",
+     "Dismantle the punches and dies. Clean with purified water."),
+    ("Operation of Autoclave", "Write an SOP for autoclave operation",
+     "Load the chamber. Start the sterilization cycle at 121 °C."),
+    ("Calibration of Analytical Balance", "Write an SOP for balance calibration",
+     "Check the balance with standard weights every day."),
+    ("Pest Control", "Write an SOP for pest control in the warehouse",
+     "Inspect the rodent bait stations weekly; clean the warehouse floor."),
+]
+# Requests a plant would type, over the fixture library's topics.
+AGREEMENT_QUERIES = [
+    "Write an SOP for cleaning of the tablet compression machine",
+    "calibration of the pH meter",
+    "steam sterilizer autoclave operation",
+    "line clearance before packaging",
+    "receipt and sampling of raw materials in the warehouse",
+    "cleaning of the fluid bed dryer",
+    "hand washing in the food plant",
+    "pest control",
+    "calibrate the analytical balance",
+    "metal detector checks",
+    "torque wrench",
+    "dispensing",
 ]
 
 
@@ -29,70 +52,210 @@ def by_words(doc: Document) -> int:
     return len(doc.text.split())
 
 
-def test_words_are_normalised_so_inflections_match():
-    assert terms("Cleaning the machines") == terms("cleaned machine")
-    assert terms("Calibration of balances") == terms("calibrate balance")
-    assert "sop" not in terms("Write an SOP for cleaning")
-
-
-def test_the_most_similar_sop_ranks_first():
-    ranked = rank("Write an SOP for cleaning of the tablet compression machine", LIBRARY)
-    assert ranked[0][0].id == 1
-    assert ranked[0][1] > ranked[1][1]
-    assert rank("How to calibrate the balance", LIBRARY)[0][0].id == 3
-    assert rank("sterilisation in the autoclave", LIBRARY)[0][0].id == 2
-
-
-def test_title_words_weigh_more_than_body_words():
-    # "warehouse" is in the pest control title+prompt; "clean" only in its body
-    ranked = rank("cleaning", LIBRARY)
-    assert ranked[0][0].id == 1
-
-
-def test_k_and_budget_limit_the_examples_and_big_ones_are_skipped():
-    chosen = select_examples("cleaning tablet press", LIBRARY, k=2, token_budget=1000,
-                             count_tokens=by_words)
-    assert [c.document.id for c in chosen] == [1, 4]
-
-    def doc_one_is_huge(doc: Document) -> int:
-        return 500 if doc.id == 1 else 40
-
-    tight = select_examples("cleaning tablet press", LIBRARY, k=2, token_budget=100,
-                            count_tokens=doc_one_is_huge)
-    assert [c.document.id for c in tight] == [4, 3]  # doc 1 is skipped, the next ones fit
-    assert sum(c.tokens for c in tight) <= 100
-
-
-def test_unrelated_request_still_gets_format_examples():
-    chosen = select_examples("xylophone", LIBRARY, k=2, token_budget=1000,
-                             count_tokens=by_words)
-    assert len(chosen) == 2 and all(c.score == 0 for c in chosen)
-    assert [c.document.id for c in chosen] == [4, 3]  # newest first on ties
-
-
-def test_nothing_when_k_or_budget_is_zero_or_library_empty():
-    assert select_examples("cleaning", LIBRARY, k=0, token_budget=100,
-                           count_tokens=by_words) == []
-    assert select_examples("cleaning", LIBRARY, k=3, token_budget=0,
-                           count_tokens=by_words) == []
-    assert select_examples("cleaning", [], k=3, token_budget=100, count_tokens=by_words) == []
-
-
-def test_only_approved_examples_are_retrieved_from_the_database(services):
+def add_rows(services: Services, rows=LIBRARY, statuses=None) -> list[int]:  # noqa: ANN001
+    statuses = statuses or ["approved"] * len(rows)
+    added = []
     with services.session() as session:
-        for doc, status in zip(LIBRARY, ["approved", "retracted", "approved", "approved"],
-                               strict=True):
-            session.add(TrainingExample(
-                title=doc.title, prompt=doc.prompt, sop_text=doc.text, status=status,
-                content_hash=hashlib.sha256(doc.text.encode()).hexdigest(),
-            ))
+        for (title, prompt, body), status in zip(rows, statuses, strict=True):
+            row = TrainingExample(title=title, prompt=prompt, sop_text=body, status=status,
+                                  content_hash=hashlib.sha256(body.encode()).hexdigest())
+            session.add(row)
+            session.flush()
+            added.append(row.id)
         session.commit()
+    return added
+
+
+def found(services: Services, request: str, limit: int = 10) -> list[int]:
+    with services.session() as session:
+        return [hit.id for hit in search.full_text(session, request, limit)]
+
+
+def import_fixtures(services: Services) -> None:
+    with services.session() as session:
+        report = import_paths(session, services.template, services.settings, [SOPS],
+                              actor="qa.lead")
+    assert all(o.status == "approved" for o in report.outcomes)
+
+
+def top(session: Session, request: str, k: int = 3) -> list[int]:
+    return [hit.id for hit in search.full_text(session, request, k)]
+
+
+# --- ranking ---------------------------------------------------------------------------------
+
+
+def test_query_words_drop_the_words_every_request_has():
+    assert search.query_words("Write an SOP for cleaning the tablet press") == [
+        "cleaning", "tablet", "press"]
+    assert search.query_words("'; DROP TABLE x; --") == ["drop", "table", "x"]
+    assert terms("Cleaning the machines") == terms("cleaned machine")  # offline ranker
+
+
+def test_the_most_similar_sop_ranks_first_and_inflections_match(services):
+    press, autoclave, balance, pest = add_rows(services)
+    assert found(services, "Write an SOP for cleaning of the tablet compression machine")[0] \
+        == press
+    assert found(services, "How to calibrate the balance")[0] == balance
+    assert found(services, "sterilization in the autoclave")[0] == autoclave
+    # title words weigh more than body words: "clean" is in the pest control body only
+    assert found(services, "cleaning")[0] == press
+    assert found(services, "xylophone") == []
+
+
+def test_k_budget_and_fill_ins(services):
+    press, autoclave, balance, pest = add_rows(services)
+    with services.session() as session:
+        chosen = retrieve(session, "cleaning tablet press", k=2, token_budget=1000,
+                          count_tokens=by_words)
+        assert ids(chosen) == [press, pest]
+
+        def press_is_huge(doc: Document) -> int:
+            return 500 if doc.id == press else 40
+
+        tight = retrieve(session, "cleaning tablet press", k=2, token_budget=100,
+                         count_tokens=press_is_huge)
+        assert ids(tight)[0] == pest and press not in ids(tight)  # skipped, the next one fits
+        assert sum(c.tokens for c in tight) <= 100
+        # nothing matches: the newest examples still show the format
+        assert ids(retrieve(session, "xylophone", k=2, token_budget=1000,
+                            count_tokens=by_words)) == [pest, balance]
+        assert ids(retrieve(session, "cleaning", k=3, token_budget=1000,
+                            count_tokens=by_words, exclude={press}))[0] == pest
+        assert retrieve(session, "cleaning", k=0, token_budget=100, count_tokens=by_words) == []
+        assert retrieve(session, "cleaning", k=3, token_budget=0, count_tokens=by_words) == []
+
+
+def test_an_empty_library_gives_no_examples(services):
+    with services.session() as session:
+        assert retrieve(session, "cleaning", k=3, token_budget=100, count_tokens=by_words) == []
+
+
+def test_a_draft_reads_only_its_top_rows(services):
+    add_rows(services, [(f"Cleaning of machine {n}", f"Write an SOP for machine {n}",
+                         f"Clean machine {n} with water. " * (n + 1)) for n in range(40)])
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(services.engine, "before_cursor_execute", record)
+    try:
+        with services.session() as session:
+            chosen = retrieve(session, "cleaning machine 7", k=3, token_budget=10_000,
+                              count_tokens=by_words)
+    finally:
+        event.remove(services.engine, "before_cursor_execute", record)
+    assert len(chosen) == 3
+    reading_text = [s for s in statements if "sop_text" in s]
+    assert reading_text and all("IN (" in s and "ORDER" not in s for s in reading_text), \
+        reading_text  # texts only by id, for the chosen rows
+    assert not any("training_example.sop_text" in s for s in statements)  # no ORM full load
+
+
+# --- the index follows every write path ------------------------------------------------------
+
+
+def test_only_approved_examples_are_searchable(services):
+    press, autoclave, balance, pest = add_rows(
+        services, statuses=["approved", "retracted", "approved", "approved"])
+    assert autoclave not in found(services, "autoclave operation")
+    with services.session() as session:
+        assert autoclave not in ids(retrieve(session, "autoclave operation", k=3,
+                                             token_budget=1000, count_tokens=by_words))
+
+
+def test_approve_retract_reapprove_and_edit_keep_the_index_in_step(services):
+    sop_text = (SOPS / "09_autoclave_operation.txt").read_text()
+    with services.session() as session:
+        result = approve_sop(session, services.template, services.settings, text=sop_text,
+                             approver="U1", slack_channel="C1", slack_ts="1.1")
+        session.commit()
+    example_id = result.example.id
+    assert found(services, "autoclave") == [example_id]
 
     with services.session() as session:
-        documents = approved_documents(session)
-    titles = {d.title for d in documents}
-    found = select_examples("autoclave operation", documents, k=3, token_budget=1000,
-                            count_tokens=by_words)
-    assert "Operation of Autoclave" not in titles
-    assert len(titles) == 3
-    assert "Operation of Autoclave" not in {r.document.title for r in found}
+        retract_example(session, actor="U1", example_id=example_id)
+        # gone from search at once, inside the retracting transaction already
+        assert top(session, "autoclave") == []
+        session.commit()
+    assert found(services, "autoclave") == []
+
+    with services.session() as session:
+        again = approve_sop(session, services.template, services.settings, text=sop_text,
+                            approver="U2", slack_channel="C1", slack_ts="1.1")
+        session.commit()
+    assert again.status == "reapproved" and found(services, "autoclave") == [example_id]
+
+    with services.session() as session:  # any write path, even a hand-run UPDATE
+        session.execute(update(TrainingExample).where(TrainingExample.id == example_id)
+                        .values(title="Torque wrench check", prompt="torque wrench"))
+        session.commit()
+    assert found(services, "torque") == [example_id]
+    with services.session() as session:
+        session.execute(text("DELETE FROM audit_event"))
+        session.execute(text("DELETE FROM training_example"))
+        session.commit()
+    assert found(services, "torque") == []
+
+
+def test_imported_files_are_searchable(services):
+    import_fixtures(services)
+    with services.session() as session:
+        [first] = top(session, "torque wrench calibration", 1)
+        assert "Torque" in session.get(TrainingExample, first).title
+
+
+def test_migration_downgrade_and_upgrade_rebuild_the_index(services):
+    import_fixtures(services)
+    ids_before = found(services, "cleaning calibration")
+    with services.session() as session:
+        retract_example(session, actor="U1", example_id=ids_before[0])
+        session.commit()
+    cfg = db.alembic_config(services.engine)
+    from alembic import command
+
+    with services.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with services.engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+    assert not any(search.is_index_table(t) for t in tables)
+    # writes while the index is gone are picked up when it is built again
+    add_rows(services, [("Operation of Fluid Bed Dryer", "fluid bed dryer",
+                         "Load the bowl and start drying.")])
+    db.upgrade(services.engine)
+    after = found(services, "cleaning calibration")
+    assert ids_before[0] not in after
+    assert set(after) == set(ids_before) - {ids_before[0]}
+    assert len(found(services, "fluid bed dryer")) >= 1
+
+
+# --- SQLite and PostgreSQL agree -------------------------------------------------------------
+
+
+def _fixture_ranking(database_url: str, data_dir: Path) -> list[list[int]]:
+    services = build_services(make_settings(database_url, data_dir))
+    try:
+        import_fixtures(services)
+        with services.session() as session:
+            titles = dict(session.execute(text("SELECT id, title FROM training_example")).all())
+            return [[titles[i] for i in top(session, q)] for q in AGREEMENT_QUERIES]
+    finally:
+        services.engine.dispose()
+
+
+def test_sqlite_and_postgresql_rank_the_fixture_library_alike(tmp_path, pg_url):
+    on_sqlite = _fixture_ranking(f"sqlite:///{tmp_path / 'agree.db'}", tmp_path / "a")
+    on_postgres = _fixture_ranking(pg_url, tmp_path / "b")
+    for query, lite, pg in zip(AGREEMENT_QUERIES, on_sqlite, on_postgres, strict=True):
+        assert lite == pg, f"{query!r}: SQLite {lite} vs PostgreSQL {pg}"
+    assert all(on_sqlite)
+
+
+@pytest.mark.parametrize("request_text", ["", "the a of", "!!!"])
+def test_requests_without_words_fall_back_to_the_newest(services, request_text):
+    press, autoclave, balance, pest = add_rows(services)
+    with services.session() as session:
+        assert ids(retrieve(session, request_text, k=2, token_budget=1000,
+                            count_tokens=by_words)) == [pest, balance]

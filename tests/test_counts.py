@@ -1,0 +1,121 @@
+"""Counts by SQL: approval confirmations, status and the retrain check count with one COUNT
+query, never by loading example rows, and agree with the per-row rules they replace."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event
+from sqlmodel import select
+
+from sop_pipeline.examples import (
+    approve_sop,
+    eval_holdout_ids,
+    example_counts,
+    trained_example_ids,
+)
+from sop_pipeline.models import DatasetSnapshot, RunState, TrainingExample, TrainingRun
+from sop_pipeline.services import Services
+from sop_pipeline.status import status_report
+from tests.conftest import DATA_DIR
+
+
+@contextmanager
+def statements(services: Services) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        seen.append(statement)
+
+    event.listen(services.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(services.engine, "before_cursor_execute", record)
+
+
+def loads_example_rows(seen: list[str]) -> list[str]:
+    """SELECTs that read example texts (a full row) other than by one id or one hash."""
+    return [s for s in seen if s.lstrip().upper().startswith("SELECT") and "sop_text" in s
+            and "training_example.id =" not in s and "content_hash =" not in s]
+
+
+def add_examples(services: Services, n: int, retracted: int = 0) -> list[int]:
+    ids = []
+    with services.session() as session:
+        for i in range(n):
+            body = f"example {i}"
+            row = TrainingExample(prompt=f"p{i}", sop_text=body, title=f"t{i}",
+                                  status="retracted" if i < retracted else "approved",
+                                  content_hash=hashlib.sha256(body.encode()).hexdigest())
+            session.add(row)
+            session.flush()
+            ids.append(row.id)
+        session.commit()
+    return ids
+
+
+def trained_on(services: Services, ids: list[int], state: str, tag: str) -> None:
+    with services.session() as session:
+        snap = DatasetSnapshot(content_hash=tag * 64, example_ids=ids)
+        session.add(snap)
+        session.flush()
+        run = TrainingRun(snapshot_id=snap.id, state=state)
+        session.add(run)
+        session.flush()
+        run.active_lock = None  # a finished run holds no lock
+        session.commit()
+
+
+def reference_counts(services: Services) -> tuple[int, int, int, int]:
+    """What the counts were before: by loading every approved row and applying the rules."""
+    settings = services.settings
+    with services.session() as session:
+        approved = list(session.exec(select(TrainingExample).where(
+            TrainingExample.status == "approved")))
+        retracted = len(list(session.exec(select(TrainingExample).where(
+            TrainingExample.status == "retracted"))))
+        held = eval_holdout_ids(approved, settings)
+        trained = trained_example_ids(session)
+    trainable = [ex for ex in approved if ex.id not in held]
+    new = [ex for ex in trainable if ex.id not in trained]
+    return len(approved), retracted, len(new), len(trainable)
+
+
+@pytest.mark.parametrize("n, share, min_examples", [(60, 0.2, 10), (8, 0.3, 10), (40, 0.0, 5)])
+def test_sql_counts_match_the_per_row_rules(services, n, share, min_examples):
+    services.settings.eval_share = share
+    services.settings.sop_min_examples = min_examples
+    ids = add_examples(services, n, retracted=3)
+    trained_on(services, ids[:n // 2], RunState.SUCCEEDED, "a")
+    trained_on(services, ids[n // 2:n // 2 + 3], RunState.FAILED, "b")  # failed runs: not trained
+    with services.session() as session:
+        counts = example_counts(session, services.settings)
+    got = (counts.approved, counts.retracted, counts.new_since_last_training,
+           counts.total_trainable)
+    assert got == reference_counts(services)
+
+
+def test_status_and_counts_never_load_example_rows(services):
+    add_examples(services, 30, retracted=2)
+    with statements(services) as seen:
+        report = status_report(services)
+        with services.session() as session:
+            example_counts(session, services.settings)
+    assert report.approved == 28 and report.retracted == 2
+    assert loads_example_rows(seen) == [], loads_example_rows(seen)
+
+
+def test_an_approval_confirmation_counts_without_loading_the_library(services):
+    add_examples(services, 30)
+    text = (DATA_DIR / "sops" / "06_balance_calibration.md").read_text()
+    with statements(services) as seen, services.session() as session:
+        result = approve_sop(session, services.template, services.settings, text=text,
+                             approver="U1", slack_channel="C1", slack_ts="9.9")
+        session.commit()
+    assert result.counts is not None and result.counts.approved == 31
+    assert loads_example_rows(seen) == [], loads_example_rows(seen)
+    assert any("count" in s.lower() or "sum(" in s.lower() for s in seen)

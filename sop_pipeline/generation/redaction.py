@@ -80,8 +80,9 @@ class Redactor:
         out: list[dict[str, object]] = []
         for message in messages:
             copy = dict(message)
-            if isinstance(copy.get("content"), str):
-                copy["content"] = self(copy["content"])  # type: ignore[arg-type]
+            content = copy.get("content")
+            if isinstance(content, str):
+                copy["content"] = self(content)
             out.append(copy)
         return out
 

@@ -55,12 +55,19 @@ _SMALL_TALK = re.compile(
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Bidirectional controls (U+202A-202E, U+2066-2069, marks) and zero-width characters: a
+# right-to-left override makes a request read differently from what it says, so it is never
+# stored or echoed (the Slack layer removes the same set from everything it posts).
+_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c"
+                        "\u200b-\u200d\u2060-\u2064\ufeff\u180e]")
 
 
 def normalize_request(text: str) -> str:
     """Trim, drop control characters (terminal escapes, NUL: PostgreSQL refuses to store it),
-    drop a leading '/sop' someone typed twice, and collapse runs of blank space."""
-    text = _CONTROL.sub(" ", text or "").strip()
+    bidirectional and zero-width characters, drop a leading '/sop' someone typed twice, and
+    collapse runs of blank space."""
+    text = _INVISIBLE.sub("", text or "")
+    text = _CONTROL.sub(" ", text).strip()
     text = re.sub(r"^/sop\b", "", text, flags=re.IGNORECASE).strip()
     return re.sub(r"[ \t]+", " ", text)
 

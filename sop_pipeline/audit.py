@@ -9,7 +9,7 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from sop_pipeline.models import AuditEvent
 
@@ -39,7 +39,7 @@ def record(
 
 def events(session: Session, *, action: str | None = None) -> list[AuditEvent]:
     """Audit events in the order they happened."""
-    query = select(AuditEvent).order_by(AuditEvent.id)
+    query = select(AuditEvent).order_by(col(AuditEvent.id))
     if action:
         query = query.where(AuditEvent.action == action)
     return list(session.exec(query))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from sop_pipeline.models import TrainingEvent, TrainingRun
 from sop_pipeline.notifications import Notification
@@ -26,7 +26,7 @@ def loss_points(session: Session, run_id: int) -> tuple[list[tuple[int, float]],
     query = (
         select(TrainingEvent)
         .where(TrainingEvent.run_id == run_id, TrainingEvent.kind == "metrics")
-        .order_by(TrainingEvent.id)
+        .order_by(col(TrainingEvent.id))
     )
     train: dict[int, float] = {}
     valid: dict[int, float] = {}
@@ -91,6 +91,7 @@ def publish_run_report(services, run: TrainingRun) -> Path | None:  # noqa: ANN0
     Emits `Notification(kind="chart", data={"path": ...})`, which the Slack layer uploads to
     the admin channel. A run without metrics (failed early) gets no chart and no notification.
     """
+    assert run.id is not None  # a stored run always has an id
     with services.session() as session:
         path = loss_chart(session, run.id, default_chart_path(services, run.id))
         if path is None:

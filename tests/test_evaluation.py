@@ -29,7 +29,6 @@ from sop_pipeline.evaluation import (
     score_draft,
 )
 from sop_pipeline.examples import approve_sop, eval_holdout_ids
-from sop_pipeline.generation.retry import Clock as RetryClock
 from sop_pipeline.models import (
     DatasetSnapshot,
     ModelVersion,
@@ -253,17 +252,65 @@ def test_without_a_fine_tune_the_baseline_is_the_base_model_with_retrieval(
         assert not set(shown) & set(held_texts)  # the answer is never in the prompt
 
 
-def test_no_evaluation_prompts_promotes_and_says_so(make, fake_openai) -> None:  # noqa: ANN001
-    svc = make(eval_share=0)
-    ids = approve_house_sops(svc, 6)
+def test_too_few_prompts_and_no_curated_ones_never_promote_and_say_what_is_missing(
+    make, fake_openai  # noqa: ANN001
+) -> None:
+    svc = make(eval_share=0.1, sop_min_examples=10, eval_template_prompts=False)
+    ids = approve_house_sops(svc, 11)
     run = make_run(svc, ids)
 
     decision = gate(svc, run, NEW_MODEL)
 
-    assert decision.promote is True
-    assert "No evaluation prompts" in decision.report
-    assert fake_openai.requests_to("/chat/completions", "POST") == []
+    assert decision.promote is False
+    scores = decision.scores
+    assert (scores["decision"], scores["n_cases"], scores["prompts"]) == (
+        "insufficient_evidence", 0, [])
+    assert (scores["missing_prompts"], scores["missing_approved"]) == (3, 19)
+    assert "needs at least 3 evaluation prompt(s)" in decision.report
+    assert "approve about 19 more SOP(s)" in decision.report
+    assert "add 3 curated prompt(s) to EVAL_PROMPTS_FILE" in decision.report
+    assert fake_openai.requests_to("/chat/completions", "POST") == []  # no comparison, no promotion
     assert svc.notifier.kinds() == ["eval_report"]
+
+
+def test_with_too_few_held_out_the_templates_curated_prompts_are_compared(
+    make, fake_openai  # noqa: ANN001
+) -> None:
+    svc = make(eval_share=0.1, sop_min_examples=10)
+    ids = approve_house_sops(svc, 11)
+    run = make_run(svc, ids)
+    script(fake_openai, answer_by_model({NEW_MODEL}))
+
+    decision = gate(svc, run, NEW_MODEL)
+
+    assert decision.promote is False and decision.scores["decision"] == "reject"
+    prompts = decision.scores["prompts"]
+    assert len(prompts) == 8 and all(p["source"].startswith("house_eval_prompts.toml")
+                                     for p in prompts)
+    assert "calibration" in " ".join(p["prompt"] for p in prompts)
+    assert len(chat_requests(fake_openai, NEW_MODEL)) == 8
+    assert len(chat_requests(fake_openai, BASE_MODEL)) == 8  # the base model with retrieval
+
+
+
+def test_a_template_without_curated_prompts_refuses_and_names_the_file(
+    make, tmp_path: Path  # noqa: ANN001
+) -> None:
+    from sop_pipeline.evaluation import template_prompts_path
+
+    template = tmp_path / "acme.toml"
+    template.write_bytes((Path(__file__).parents[1] / "sop_pipeline" / "templates"
+                          / "house.toml").read_bytes())
+    svc = make(eval_share=0, sop_template=template)
+    assert template_prompts_path(svc.settings) == tmp_path / "acme_eval_prompts.toml"
+    run = make_run(svc, approve_house_sops(svc, 6))
+
+    decision = gate(svc, run, NEW_MODEL)
+
+    assert decision.promote is False
+    assert "set EVAL_SHARE above 0" in decision.report
+    assert f"to {tmp_path / 'acme_eval_prompts.toml'} or to EVAL_PROMPTS_FILE" in \
+        decision.report
 
 
 def test_a_candidate_the_provider_does_not_know_is_rejected(svc, fake_openai) -> None:  # noqa: ANN001
@@ -281,17 +328,14 @@ def test_a_candidate_the_provider_does_not_know_is_rejected(svc, fake_openai) ->
 def test_rate_limits_are_waited_out_and_outages_are_retried_later(svc, fake_openai) -> None:  # noqa: ANN001
     ids = approve_house_sops(svc)
     run = make_run(svc, [i for i in ids if i not in held_out(svc)])
-    waits: list[float] = []
-    no_sleep = RetryClock(sleep=waits.append)
-    fake_openai.inject("POST", "/chat/completions", kind="rate_limit",
-                       headers={"Retry-After": "3", "retry-after-ms": "3000"}, times=1)
+    fake_openai.inject("POST", "/chat/completions", kind="rate_limit", times=1)
 
-    assert gate(svc, run, NEW_MODEL, clock=no_sleep).promote is True
-    assert waits == [3.0]
+    assert gate(svc, run, NEW_MODEL).promote is True  # the SDK waited out the 429
 
-    fake_openai.inject("POST", "/chat/completions", status=503, times=None)
+    fake_openai.inject("POST", "/chat/completions", status=503, times=None,
+                       headers={"retry-after-ms": "1"})
     with pytest.raises(BackendError) as caught:
-        gate(svc, run, NEW_MODEL, clock=no_sleep)
+        gate(svc, run, NEW_MODEL)
     assert caught.value.retryable and caught.value.code == "evaluation_provider_unavailable"
     fake_openai.clear_injections()
 
@@ -474,6 +518,7 @@ def test_cli_eval_prints_the_comparison_table(cli_env, fake_openai) -> None:  # 
 
 def test_cli_eval_without_prompts_says_what_to_do(cli_env, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("EVAL_SHARE", "0")
+    monkeypatch.setenv("EVAL_TEMPLATE_PROMPTS", "false")
 
     result = CliRunner().invoke(build_app(), ["eval"])
 

@@ -379,3 +379,124 @@ def test_a_new_adapter_is_loaded_into_the_vllm_server(tmp_path: Path) -> None:
     closed = make_settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "data",
                            openai_base_url=base, openai_timeout_seconds=1)
     assert load_adapter_into_server(closed, "x", adapter) is False  # nothing listening
+
+
+# --- issue 17: sequence length, devices, Ollama, vLLM's view of the adapter ------------------
+
+
+def test_examples_longer_than_the_sequence_length_are_reported_by_count_before_training(
+    tiny_base_model: Path, make_backend, tmp_path: Path,  # noqa: ANN001
+) -> None:
+    backend = make_backend("thread", local_base_model=str(tiny_base_model),
+                           local_max_seq_tokens=128, local_max_steps=2,
+                           local_server="ollama", local_ollama_base="/srv/base")
+    started = backend.start_job(spec_for(backend, tmp_path))
+    final = backend.wait(started.id, timeout=WAIT_SECONDS)
+    assert final.state == "succeeded", final.error_message
+
+    events = backend.events(started.id)
+    warnings = [e for e in events if e.level == "warning"]
+    assert len(warnings) == 1
+    assert "training example(s) are longer than LOCAL_MAX_SEQ_TOKENS (128 tokens" in (
+        warnings[0].message)
+    assert "first 128 tokens only" in warnings[0].message
+    started_at = next(i for i, e in enumerate(events) if e.message.startswith("Training started"))
+    assert events.index(warnings[0]) < started_at  # reported before training starts
+    modelfile = tmp_path / "models" / started.id / "Modelfile"
+    assert modelfile.read_text() == "FROM /srv/base\nADAPTER ./adapter\n"
+
+
+def test_long_examples_refuse_the_run_when_set_to(
+    tiny_base_model: Path, make_backend, tmp_path: Path,  # noqa: ANN001
+) -> None:
+    backend = make_backend("thread", local_base_model=str(tiny_base_model),
+                           local_max_seq_tokens=128, local_long_examples="refuse")
+    started = backend.start_job(spec_for(backend, tmp_path))
+    final = backend.wait(started.id, timeout=WAIT_SECONDS)
+
+    assert final.state == "failed"
+    assert "LOCAL_LONG_EXAMPLES=refuse" in final.error_message
+    assert "Raise LOCAL_MAX_SEQ_TOKENS" in final.error_message
+    assert not backend.adapter_path(started.id).exists()
+
+
+def test_precision_follows_the_hardware() -> None:
+    from sop_pipeline.training.lora_train import choose_device
+
+    assert choose_device(cuda=True, bf16=True, mps=False) == ("cuda", {"bf16": True})
+    assert choose_device(cuda=True, bf16=False, mps=False) == ("cuda", {"fp16": True})
+    assert choose_device(cuda=False, bf16=False, mps=True) == ("mps", {})
+    assert choose_device(cuda=False, bf16=False, mps=False) == ("cpu", {})
+
+
+def test_ollama_families_and_the_cpu_size_limit_are_refused_with_a_sentence(
+    training_libs,  # noqa: ANN001
+) -> None:
+    from transformers import LlamaConfig, Qwen2Config
+
+    from sop_pipeline.training.lora_train import check_model_fits
+
+    small = {"base_model": "Qwen/Qwen2.5-1.5B-Instruct", "server": "ollama"}
+    with pytest.raises(ValueError, match="Ollama cannot load a LoRA adapter for a qwen2 base"):
+        check_model_fits(small, Qwen2Config(), "cuda")
+    check_model_fits({**small, "server": "vllm"}, Qwen2Config(), "cuda")  # vLLM takes it
+    llama = LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=512,
+                        num_hidden_layers=2, num_attention_heads=4)
+    check_model_fits({**small, "cpu_max_params_m": 100}, llama, "cpu")  # ~18M: fine on CPU
+    with pytest.raises(ValueError, match="No GPU was found and .* more than "
+                                         "LOCAL_CPU_MAX_PARAMS_M \\(1M\\)"):
+        check_model_fits({**small, "cpu_max_params_m": 1}, llama, "cpu")
+    check_model_fits({**small, "cpu_max_params_m": 1}, llama, "cuda")
+
+
+def test_vllm_is_sent_the_adapter_path_it_sees_on_the_shared_volume(tmp_path: Path) -> None:
+    from sop_pipeline.training.lora_backend import server_adapter_path
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "data",
+                             local_model_dir=tmp_path / "models",
+                             local_server_adapter_dir="/adapters")
+    adapter = tmp_path / "models" / "lora-1-abc" / "adapter"
+    assert server_adapter_path(settings, adapter) == "/adapters/lora-1-abc/adapter"
+    same = make_settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "data",
+                         local_model_dir=tmp_path / "models")
+    assert server_adapter_path(same, adapter) == str(adapter)
+
+    FakeVllm.loaded.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVllm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        shared = make_settings(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "data",
+                               openai_base_url=base, local_model_dir=tmp_path / "models",
+                               local_server_adapter_dir="/adapters")
+        assert load_adapter_into_server(shared, "sop-bot-lora-1-abc", adapter) is True
+        assert FakeVllm.loaded == {"sop-bot-lora-1-abc": "/adapters/lora-1-abc/adapter"}
+    finally:
+        FakeVllm.loaded.clear()
+        FakeVllm.seen.clear()
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_compose_file_shares_the_adapter_volume_the_settings_describe() -> None:
+    import yaml
+
+    from sop_pipeline.settings import Settings
+
+    root = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((root / "deploy" / "docker-compose.vllm.yml").read_text())
+    bot, vllm = compose["services"]["bot"], compose["services"]["vllm"]
+    env = bot["environment"]
+    assert set(k.lower() for k in env) <= set(Settings.model_fields)
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in bot["volumes"]}
+    served = {v.split(":")[0]: v.split(":")[1] for v in vllm["volumes"]}
+    assert mounts["adapters"] == env["LOCAL_MODEL_DIR"]
+    assert served["adapters"] == env["LOCAL_SERVER_ADAPTER_DIR"]
+    assert "adapters" in compose["volumes"]
+    assert "--enable-lora" in vllm["command"]
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    model = vllm["command"][vllm["command"].index("--model") + 1]
+    assert env["LOCAL_BASE_MODEL"] == env["SOP_BASE_MODEL"] == model
+    assert env["OPENAI_BASE_URL"] == "http://vllm:8000/v1"
+    dockerfile = (root / bot["build"]["dockerfile"]).read_text()
+    assert "'.[local]'" in dockerfile

@@ -6,6 +6,7 @@ Races are made real with a `threading.Barrier`: every thread starts its call at 
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +16,26 @@ import pytest
 from sqlmodel import select
 
 from sop_pipeline import audit
+from sop_pipeline.dataset import snapshot_bytes
 from sop_pipeline.examples import ApprovalStatus, approve_sop
-from sop_pipeline.models import DatasetSnapshot, TrainingExample, TrainingRun
+from sop_pipeline.models import (
+    DatasetSnapshot,
+    ModelVersion,
+    RunState,
+    TrainingExample,
+    TrainingRun,
+)
 from sop_pipeline.services import Services
 from sop_pipeline.training import scheduler
 from tests.fakes.slack_fake import BotFactory, user_reacts
-from tests.test_training_helpers import Clock, Sleeps, approve, make_services, training_settings
+from tests.test_training_helpers import (
+    Clock,
+    Sleeps,
+    approve,
+    make_services,
+    sop_texts,
+    training_settings,
+)
 
 SOPS = Path(__file__).parent / "data" / "sops"
 CHANNEL = "CSOP00001"
@@ -113,7 +128,8 @@ def test_one_event_delivered_to_two_instances_at_once_gives_one_example_and_one_
 
     with two_bots[0].ctx.services.session() as session:
         assert len(list(session.exec(select(TrainingExample)))) == 1
-    assert len(fake_slack.replies(CHANNEL, ts)) == 1
+    assert len(fake_slack.ephemerals_for(APPROVER)) == 1  # approvals answer quietly
+    assert fake_slack.replies(CHANNEL, ts) == []
     assert len(fake_slack.calls_to("reactions.add")) == 1
 
 
@@ -131,7 +147,7 @@ def test_two_approvers_reacting_at_once_on_two_instances_give_one_example(
         bot.wait()
     with two_bots[0].ctx.services.session() as session:
         assert len(list(session.exec(select(TrainingExample)))) == 1
-    confirmations = [m for m in fake_slack.replies(CHANNEL, ts)
+    confirmations = [m for m in fake_slack.ephemerals
                      if m["text"].startswith("Added as training example")]
     assert len(confirmations) == 1
 
@@ -164,3 +180,141 @@ def test_schedulers_ticking_at_once_start_one_run_and_one_provider_job(
     finally:
         for services in many:
             services.engine.dispose()
+
+
+# --- several hosts: nothing shared but the database (issue 18.4) --------------------------------
+
+
+class Host:
+    """One bot instance on its own "host": its own data directory, engine and Slack app."""
+
+    def __init__(self, name: str, pg_url: str, root: Path, fake_openai, fake_slack, notifier,  # noqa: ANN001
+                 clock: Clock) -> None:
+        self.name, self.data_dir, self.clock = name, root / name, clock
+        self.factory = BotFactory(pg_url, self.data_dir, fake_openai, fake_slack, notifier)
+        self.bot = self.start()
+
+    def start(self):  # noqa: ANN201
+        bot = self.factory.start(
+            sop_approvers=[APPROVER], eval_share=0, retrain_min_new_examples=10,
+            provider_max_retries=0, fine_tune_epochs="3", fine_tune_batch_size="auto",
+            fine_tune_learning_rate_multiplier="0.5", fine_tune_seed=1234)
+        bot.ctx.services.clock = self.clock  # the instances' schedulers share one clock
+        return bot
+
+    @property
+    def services(self) -> Services:
+        return self.bot.ctx.services
+
+    def restart_with_an_empty_disk(self) -> None:
+        """The platform replaces the container: the process and its data directory are gone."""
+        self.factory.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.bot = self.start()
+
+    def snapshot_files(self) -> list[Path]:
+        return sorted((self.data_dir / "snapshots").glob("*/*.jsonl"))
+
+
+@pytest.fixture
+def hosts(pg_url: str, tmp_path: Path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
+    clock = Clock()
+    made = [Host(name, pg_url, tmp_path, fake_openai, fake_slack, notifier, clock)
+            for name in ("host-a", "host-b")]
+    yield made
+    for host in made:
+        host.factory.close()
+
+
+def _approve_through_slack_on_both(hosts: list[Host], fake_slack, n: int) -> None:  # noqa: ANN001
+    """`n` SOPs posted and approved; Slack delivers each reaction to both instances."""
+    for i, text in enumerate(sop_texts(n)):
+        ts = fake_slack.user_posts(CHANNEL, AUTHOR, text)
+        user_reacts(fake_slack, CHANNEL, ts, APPROVER)
+        event_id = f"Ev0HOST{i}"
+        race([lambda h=h, ts=ts, event_id=event_id: h.bot.slack.reaction(
+            "reaction_added", user=APPROVER, channel=CHANNEL, ts=ts, event_id=event_id).status
+              for h in hosts])
+        for host in hosts:
+            host.bot.wait()
+        confirmations = [e for e in fake_slack.ephemerals_for(APPROVER)
+                         if e.get("thread_ts") == ts]  # approvals answer quietly, once
+        assert len(confirmations) == 1, fake_slack.ephemerals_for(APPROVER)
+
+
+def _the_run(services: Services) -> TrainingRun:
+    with services.session() as session:
+        [run] = session.exec(select(TrainingRun)).all()
+    return run
+
+
+def _start_run_whose_upload_fails(host: Host, fake_openai) -> TrainingRun:  # noqa: ANN001
+    """The scheduler on `host` snapshots and starts a run; the provider refuses the upload,
+    so the run waits in `uploading` with a backoff (what any interruption leaves behind)."""
+    outage = fake_openai.inject("POST", "/files", kind="overloaded", times=None)
+    result = scheduler.retrain_check(host.services, sleep=Sleeps())
+    assert result is not None and result.run is not None
+    outage.times = 0  # the provider recovers
+    run = _the_run(host.services)
+    assert run.state == RunState.UPLOADING and run.train_file_id is None
+    assert run.next_attempt_at is not None
+    return run
+
+
+def _finish(host: Host, fake_openai, run: TrainingRun) -> TrainingRun:  # noqa: ANN001
+    """Let the backoff and every lease run out, then the scheduler on `host` carries on."""
+    host.clock.advance(seconds=host.services.settings.scheduler_lease_seconds + 3600)
+    scheduler.poll_active_runs(host.services, sleep=Sleeps())
+    run = _the_run(host.services)
+    assert run.provider_job_id, (run.state, run.error_code, run.error_message)
+    fake_openai.succeed_job(run.provider_job_id)
+    host.clock.advance(seconds=60)
+    scheduler.poll_active_runs(host.services, sleep=Sleeps())
+    return _the_run(host.services)
+
+
+def _assert_one_job_one_promotion(services: Services, fake_openai, run: TrainingRun) -> None:  # noqa: ANN001
+    assert run.state == RunState.PROMOTED, (run.state, run.error_code, run.error_message)
+    assert len([r for r in fake_openai.requests_to("/fine_tuning/jobs", "POST")
+                if r.status == 200]) == 1
+    with services.session() as session:
+        versions = list(session.exec(select(ModelVersion)))
+        snapshot = session.get(DatasetSnapshot, run.snapshot_id)
+        promotions = [e for e in audit.events(session) if e.action in ("promote", "activate")]
+    # one fine-tune, active; the base model's own version row steps back to "previous"
+    assert [v.status for v in versions if v.backend != "base"] == ["active"]
+    assert len(promotions) == 1
+    train, _ = snapshot_bytes(snapshot)
+    assert fake_openai.file_content(run.train_file_id) == train  # the exact snapshot bytes
+
+
+def test_a_run_started_on_one_host_is_advanced_by_another_that_never_saw_its_files(
+    hosts: list[Host], fake_slack, fake_openai  # noqa: ANN001
+) -> None:
+    a, b = hosts
+    _approve_through_slack_on_both(hosts, fake_slack, 10)
+    with a.services.session() as session:
+        assert len(list(session.exec(select(TrainingExample)))) == 10
+
+    run = _start_run_whose_upload_fails(a, fake_openai)
+    scheduler.release_lease(a.services)  # host A goes away (clean shutdown)
+    assert b.snapshot_files() == []
+
+    run = _finish(b, fake_openai, run)
+
+    assert [p.name for p in b.snapshot_files()] == ["train.jsonl"]  # B wrote its own copy
+    _assert_one_job_one_promotion(b.services, fake_openai, run)
+
+
+def test_a_host_restarted_with_an_empty_disk_between_snapshot_and_upload_completes_the_run(
+    hosts: list[Host], fake_slack, fake_openai  # noqa: ANN001
+) -> None:
+    a, _ = hosts
+    _approve_through_slack_on_both(hosts, fake_slack, 10)
+    run = _start_run_whose_upload_fails(a, fake_openai)
+
+    a.restart_with_an_empty_disk()
+    assert a.snapshot_files() == []
+
+    run = _finish(a, fake_openai, run)
+    _assert_one_job_one_promotion(a.services, fake_openai, run)

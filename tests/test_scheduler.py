@@ -151,3 +151,55 @@ def test_deprecation_warning_is_sent_once_a_day(
 def test_poll_does_nothing_without_an_active_run(services, fake_openai) -> None:  # noqa: ANN001
     assert scheduler.poll_active_runs(services) == []
     assert fake_openai.requests == []
+
+
+def _put_lease(services, holder: str, clock: Clock, seconds: int = 600) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from sop_pipeline.models import SchedulerLease
+
+    with services.session() as session:
+        session.add(SchedulerLease(name=scheduler.LEASE_NAME, holder=holder,
+                                   expires_at=clock() + timedelta(seconds=seconds)))
+        session.commit()
+
+
+def test_a_lease_whose_process_is_gone_is_taken_over_at_once(
+    database_url: str, tmp_path: Path, fake_openai, clock: Clock  # noqa: ANN001
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()  # exited and reaped: its pid is gone
+    settings = training_settings(database_url, tmp_path / "data", fake_openai,
+                                 scheduler_lease_seconds=600)
+    services = make_services(settings, clock)
+    try:
+        _put_lease(services, f"{socket.gethostname()}:{dead_pid.pid}:dead0001", clock)
+        assert scheduler.acquire_lease(services)  # no waiting out the 600 s lease
+    finally:
+        services.engine.dispose()
+
+
+@pytest.mark.parametrize("holder", ["other-host:1:abcd1234", "{host}:{parent}:abcd1234"])
+def test_a_live_or_remote_holder_keeps_its_lease_until_its_heartbeat_is_stale(
+    database_url: str, tmp_path: Path, fake_openai, clock: Clock, holder: str  # noqa: ANN001
+) -> None:
+    import os
+    import socket
+
+    settings = training_settings(database_url, tmp_path / "data", fake_openai,
+                                 scheduler_lease_seconds=120, training_poll_seconds=20)
+    services = make_services(settings, clock)
+    try:
+        _put_lease(services, holder.format(host=socket.gethostname(), parent=os.getppid()),
+                   clock, seconds=120)
+        assert not scheduler.acquire_lease(services)
+        clock.advance(seconds=39)
+        assert not scheduler.acquire_lease(services)
+        clock.advance(seconds=2)  # 41 s without a renewal: two poll intervals missed
+        assert scheduler.acquire_lease(services)
+    finally:
+        services.engine.dispose()

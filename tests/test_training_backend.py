@@ -52,6 +52,54 @@ def test_upload_sends_the_file_for_fine_tuning(backend, fake_openai, jsonl) -> N
     fake_openai.assert_contract_ok()
 
 
+def test_uploads_are_named_after_the_snapshot_and_an_earlier_one_is_reused(
+    backend, fake_openai, jsonl  # noqa: ANN001
+) -> None:
+    snapshot = "ab" * 32
+    first = backend.upload(jsonl, snapshot, kind="train")
+    assert fake_openai.files[first.id]["filename"] == "sop-bot-abababababab-train.jsonl"
+
+    again = backend.upload(jsonl.read_bytes(), snapshot, kind="train")  # after a crash
+
+    assert again.id == first.id and len(fake_openai.files) == 1
+    assert len(fake_openai.requests_to("/files", "POST")) == 1
+    validation = backend.upload(jsonl, snapshot, kind="validation")
+    assert validation.id != first.id
+    fake_openai.assert_contract_ok()
+
+
+def test_duplicate_and_rejected_copies_of_a_snapshot_file_are_deleted(
+    backend, fake_openai, jsonl  # noqa: ANN001
+) -> None:
+    name = "sop-bot-cdcdcdcdcdcd-train.jsonl"
+    broken = fake_openai.add_file(b"x", filename=name, status="error")
+    kept = fake_openai.add_file(jsonl.read_bytes(), filename=name)
+    extra = fake_openai.add_file(jsonl.read_bytes(), filename=name, status="uploaded")
+    foreign = fake_openai.add_file(b"theirs", filename="train.jsonl")
+
+    reused = backend.upload(jsonl, "cd" * 32)
+
+    assert reused.id == kept["id"]
+    assert set(fake_openai.files) == {kept["id"], foreign["id"]}
+    assert broken["id"] not in fake_openai.files and extra["id"] not in fake_openai.files
+    fake_openai.assert_contract_ok()
+
+
+def test_only_our_unreferenced_snapshot_uploads_are_deleted(
+    backend, fake_openai, jsonl  # noqa: ANN001
+) -> None:
+    ours, old = "ef" * 32, "12" * 32
+    used = backend.upload(jsonl, ours, kind="train")
+    orphan = backend.upload(jsonl, old, kind="train")
+    stranger = fake_openai.add_file(b"x", filename="sop-bot-999999999999-train.jsonl")
+
+    deleted = backend.delete_unreferenced({used.id}, {ours, old})
+
+    assert deleted == [orphan.id]
+    assert set(fake_openai.files) == {used.id, stranger["id"]}
+    fake_openai.assert_contract_ok()
+
+
 def test_start_job_sends_supervised_method_seed_suffix_and_metadata(
     backend, fake_openai, jsonl  # noqa: ANN001
 ) -> None:

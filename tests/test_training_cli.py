@@ -52,7 +52,8 @@ def test_retrain_dry_run_then_retrain_then_runs_and_status(cli, services, fake_o
     assert "Started training run #1" in started.stdout and "validating_files" in started.stdout
 
     again = cli("retrain", "--force")
-    assert again.exit_code == 2 and "already validating_files" in again.output
+    assert again.exit_code == 2 and "already under way" in again.output
+    assert "validating_files" not in again.output
 
     listed = json.loads(cli("runs", "list", "--json").stdout)
     assert listed[0]["id"] == 1 and listed[0]["job_id"]
@@ -91,7 +92,7 @@ def test_models_list_activate_rollback_are_audited(cli, services) -> None:  # no
     assert "ft:two" in cli("models", "activate", "2", "--reason", "better").stdout
     listed = json.loads(cli("models", "list", "--json").stdout)
     assert [(m["model_id"], m["status"]) for m in listed] == [
-        ("ft:two", "active"), ("ft:one", "previous")]
+        ("base", "previous"), ("ft:two", "active"), ("ft:one", "previous")]
     rolled = cli("models", "rollback")
     assert rolled.exit_code == 0 and "ft:one" in rolled.stdout
     assert cli("models", "activate", "9").exit_code == 2

@@ -181,6 +181,48 @@ def test_a_rejected_candidate_leaves_the_active_model_alone(
     assert "0.4" in svc.notifier.sent[-1].text
 
 
+def test_eleven_examples_and_no_curated_prompts_end_the_run_without_promoting(
+    make, fake_openai, sleeps: Sleeps  # noqa: ANN001
+) -> None:
+    svc = make(eval_share=0.1, eval_template_prompts=False)
+    approve(svc, 11)
+    run = started(svc, sleeps)
+    fake_openai.succeed_job(run.provider_job_id)
+
+    lifecycle.advance(svc, run.id, sleep=sleeps)
+
+    run = load(svc, run.id)
+    assert run.state == RunState.REJECTED and run.error_code == "insufficient_evidence"
+    assert "needs at least 3 evaluation prompt(s)" in run.error_message
+    assert run.eval_scores["decision"] == "insufficient_evidence"
+    assert len(run.eval_scores["prompts"]) == run.eval_scores["n_cases"] < 3
+    with svc.session() as session:
+        assert model_registry.active_model(session) is None
+    rejected = svc.notifier.sent[-1]
+    assert rejected.kind == "run_rejected" and "approve about" in rejected.text
+    assert fake_openai.requests_to("/chat/completions", "POST") == []
+
+
+def test_eleven_examples_with_curated_prompts_compare_and_promote(
+    make, fake_openai, sleeps: Sleeps  # noqa: ANN001
+) -> None:
+    svc = make(eval_share=0.1)
+    approve(svc, 11)
+    run = started(svc, sleeps)
+    fake_openai.succeed_job(run.provider_job_id)
+
+    lifecycle.advance(svc, run.id, sleep=sleeps)
+
+    run = load(svc, run.id)
+    assert run.state == RunState.PROMOTED, run.eval_scores.get("reason")
+    assert run.eval_scores["decision"] == "promote"
+    sources = [p["source"] for p in run.eval_scores["prompts"]]
+    curated = [s for s in sources if s.startswith("house_eval_prompts.toml")]
+    assert len(curated) == 8 and len(sources) == run.eval_scores["n_cases"]
+    models = [r.json["model"] for r in fake_openai.requests_to("/chat/completions", "POST")]
+    assert models.count(run.fine_tuned_model) == len(sources)
+
+
 # --- refusals -------------------------------------------------------------------------------
 
 
@@ -284,16 +326,6 @@ def test_backend_none_disables_retraining(make) -> None:  # noqa: ANN001
     assert result.reason == "disabled" and "retrieval only" in result.summary
 
 
-def test_deprecation_warning_within_the_window(svc: Services) -> None:
-    settings = svc.settings
-    assert lifecycle.deprecation_status(settings, datetime(2026, 11, 25).date()) == (42, 50, None)
-    days, shutdown, warning = lifecycle.deprecation_status(settings, datetime(2026, 12, 10).date())
-    assert (days, shutdown) == (27, 35)
-    assert "in 27 day(s)" in warning and "TRAINING_BACKEND" in warning
-    assert "stopped accepting" in lifecycle.deprecation_status(
-        settings, datetime(2027, 1, 10).date())[2]
-
-
 # --- faults ----------------------------------------------------------------------------------
 
 
@@ -302,12 +334,12 @@ def test_rate_limit_with_retry_after_is_waited_out(
 ) -> None:
     approve(svc, 10)
     fake_openai.inject("POST", "/fine_tuning/jobs", status=429, kind="custom",
-                       headers={"Retry-After": "2"}, code="rate_limit_exceeded",
-                       validate=False)
+                       headers={"Retry-After": "1", "retry-after-ms": "5"},
+                       code="rate_limit_exceeded", validate=False)
 
-    run = started(svc, sleeps)
+    run = started(svc, sleeps)  # the SDK waits out the 429 within the call
 
-    assert sleeps.delays == [2.0]
+    assert [r.status for r in job_creations(fake_openai)] == [429, 200]
     assert run.provider_job_id and run.attempts == 0
     assert len([r for r in job_creations(fake_openai) if r.status == 200]) == 1
 
@@ -318,7 +350,7 @@ def test_a_server_error_is_retried(svc: Services, fake_openai, sleeps: Sleeps) -
 
     run = started(svc, sleeps)
 
-    assert sleeps.delays == [1.0] and run.provider_job_id
+    assert run.provider_job_id  # the SDK retried the 500 within the call
     assert len(fake_openai.requests_to("/files", "POST")) == 2
 
 
@@ -365,9 +397,11 @@ def test_auth_and_quota_errors_fail_the_run(
     svc: Services, fake_openai, sleeps: Sleeps, kind: str, code: str  # noqa: ANN001
 ) -> None:
     approve(svc, 10)
-    fake_openai.inject("POST", "/files", kind=kind)
+    # every time: the SDK retries a 429 quota error like any 429 before it gives up
+    fake_openai.inject("POST", "/files", kind=kind, times=None, headers={"retry-after-ms": "1"})
 
     run = started(svc, sleeps)
+    fake_openai.clear_injections()
 
     assert run.state == RunState.FAILED and run.error_code == code
     assert run.error_message and run.active_lock is None
@@ -445,9 +479,13 @@ def test_a_file_not_ready_answer_from_job_creation_is_retried(
     fake_openai.inject("POST", "/fine_tuning/jobs", status=400, code="file_not_ready",
                        message="File file-x is not ready")
 
-    run = started(svc, sleeps)
+    run = started(svc, sleeps)  # a 400 is not the SDK's to retry: the run backs off
+    assert run.provider_job_id is None and run.error_code == "file_not_ready"
 
-    assert run.provider_job_id and sleeps.delays == [1.0]
+    svc.clock.advance(seconds=(run.next_attempt_at - svc.clock.now).total_seconds() + 1)
+    scheduler.poll_active_runs(svc, sleep=sleeps)
+
+    assert load(svc, run.id).provider_job_id
 
 
 # --- reconciliation and cancelling -------------------------------------------------------------

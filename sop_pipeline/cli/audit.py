@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from sop_pipeline import audit as audit_log
 from sop_pipeline.cli.common import UserError, console, friendly, load_services
 
 
@@ -23,6 +22,8 @@ def export_command(
     action: str = typer.Option(None, help="Only this action, e.g. approve or retract."),
 ) -> None:
     """Export the audit log as CSV."""
+    from sop_pipeline import audit as audit_log
+
     if out.is_dir():
         raise UserError(f"{out} is a folder; pass a file name such as audit.csv.")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`sop-bot models list|activate ID|rollback`: which model answers `/sop` (audited)."""
+"""`sop-bot models list|activate ID|base|rollback`: which model answers `/sop` (audited, and
+announced in the admin channel)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,34 @@ def _actor() -> str:
     return actor()
 
 
-def _row(version) -> dict:  # noqa: ANN001 - ModelVersion
+def _row(version, base_model: str) -> dict:  # noqa: ANN001 - ModelVersion
+    from sop_pipeline import model_registry
+
     return {
         "id": version.id, "model_id": version.model_id, "status": version.status,
         "backend": version.backend, "run_id": version.run_id,
+        "label": model_registry.label(version, base_model),
         "created_at": version.created_at.isoformat(),
         "activated_at": version.activated_at.isoformat() if version.activated_at else None,
         "eval_scores": version.eval_scores,
     }
+
+
+def _with_admin_channel(services):  # noqa: ANN001, ANN202 - Services
+    """Also post to SOP_ADMIN_CHANNEL when Slack is configured: a switch made in a terminal
+    must reach the admins as one made in Slack does. The Slack code stays in bot/ (imported
+    only here and by `sop-bot run`)."""
+    from sop_pipeline.notifications import FanOutNotifier
+
+    settings = services.settings
+    if not (settings.sop_admin_channel and settings.secret("slack_bot_token")):
+        return services
+    from bot.app import make_client  # the CLI sits above bot/ (import-linter's layers)
+    from bot.notifier import SlackNotifier
+
+    slack = SlackNotifier(make_client(services), settings.sop_admin_channel)
+    services.notifier = FanOutNotifier(services.notifier, slack)
+    return services
 
 
 @friendly
@@ -40,74 +61,66 @@ def list_command(
     limit: int = typer.Option(20, "--limit", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Model versions, newest first; the active one is marked."""
+    """Model versions, newest first; the active one is marked (`base` = base model +
+    retrieval)."""
     from sop_pipeline import model_registry
 
     services = load_services()
+    base_model = services.settings.sop_base_model
     try:
         with services.session() as session:
-            rows = [_row(v) for v in model_registry.history(session, limit)]
+            rows = [_row(v, base_model) for v in model_registry.history(session, limit)]
     finally:
         services.engine.dispose()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        console.print("No model versions yet: /sop uses the base model with retrieval.",
-                      highlight=False)
+        console.print(f"No model versions yet: /sop uses the base model {base_model} with "
+                      "retrieval.", highlight=False)
         return
     table = Table("id", "model", "status", "run", "activated")
     for row in rows:
         marker = "* " if row["status"] == "active" else ""
-        table.add_row(str(row["id"]), marker + row["model_id"], row["status"],
+        table.add_row(str(row["id"]), marker + row["label"], row["status"],
                       str(row["run_id"] or "-"), (row["activated_at"] or "-")[:19])
     console.print(table)
 
 
-@friendly
-def activate_command(
-    version_id: int = typer.Argument(..., help="Model version id (see `sop-bot models list`)."),
-    reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
-) -> None:
-    """Make a model version the active one."""
+def _switch(ref: str | None, reason: str | None):  # noqa: ANN202 - model_registry.Switch
     from sop_pipeline import model_registry
-    from sop_pipeline.models import ModelVersion
 
-    services = load_services()
+    services = _with_admin_channel(load_services())
     try:
-        with services.session() as session:
-            version = session.get(ModelVersion, version_id)
-            if version is None:
-                raise UserError(f"There is no model version #{version_id}; "
-                                "`sop-bot models list` shows them.")
-            try:
-                model_registry.activate(session, version, actor=_actor(), reason=reason)
-            except model_registry.ModelRegistryError as exc:
-                raise UserError(str(exc)) from None
-            session.commit()
-            model_id = version.model_id
+        return model_registry.switch_and_announce(services, ref, actor=_actor(), reason=reason)
+    except model_registry.ModelRegistryError as exc:
+        raise UserError(str(exc)) from None
     finally:
         services.engine.dispose()
-    console.print(f"Active model is now {model_id} (version #{version_id}).", highlight=False)
+
+
+@friendly
+def activate_command(
+    version: str = typer.Argument(..., help="Model version id (see `sop-bot models list`), "
+                                            "or `base` for the base model with retrieval."),
+    reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
+) -> None:
+    """Make a model version the active one (`base`: the base model with retrieval)."""
+    result = _switch(version, reason)
+    if not result.changed:
+        console.print(f"{result.new} is already active (version #{result.version_id}).",
+                      highlight=False)
+        return
+    console.print(f"Active model is now {result.new} (version #{result.version_id}).",
+                  highlight=False)
 
 
 @friendly
 def rollback_command(
     reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
 ) -> None:
-    """Switch back to the previously active model version."""
-    from sop_pipeline import model_registry
-
-    services = load_services()
-    try:
-        with services.session() as session:
-            try:
-                version = model_registry.rollback(session, actor=_actor(), reason=reason)
-            except model_registry.ModelRegistryError as exc:
-                raise UserError(str(exc)) from None
-            session.commit()
-            model_id, version_id = version.model_id, version.id
-    finally:
-        services.engine.dispose()
-    console.print(f"Rolled back: active model is now {model_id} (version #{version_id}).",
-                  highlight=False)
+    """Switch back to the previously active model version (from the first fine-tune: the
+    base model with retrieval)."""
+    result = _switch(None, reason)
+    console.print(f"Rolled back: active model is now {result.new} (version "
+                  f"#{result.version_id}).", highlight=False)

@@ -55,6 +55,7 @@ def retrain_command(
         if result.run is None:
             raise UserError(result.summary)
         _print(result.summary)
+        assert result.run.id is not None  # start_run returns a stored run
         run = lifecycle.advance(services, result.run.id)
         if run is not None:
             _print(_run_line(run))

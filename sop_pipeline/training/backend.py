@@ -79,7 +79,13 @@ class TrainingBackend(Protocol):
 
     name: str
 
-    def upload(self, path: Path) -> UploadedFile: ...
+    def upload(
+        self, data: Path | bytes, snapshot_hash: str | None = None, *, kind: str | None = None,
+    ) -> UploadedFile:
+        """Upload a snapshot file (a path, or its bytes with `kind` "train"/"validation").
+        With `snapshot_hash`, an earlier upload of the same snapshot file is reused (a crash
+        between upload and storing its id must not leave a second copy)."""
+        ...
 
     def file_status(self, file_id: str) -> UploadedFile: ...
 

@@ -56,7 +56,8 @@ def make_backend(
     if kind == "azure":
         from sop_pipeline.training.azure_backend import AzureBackend
 
-        return AzureBackend.from_settings(settings, sleep=sleep, clock=services.clock)
+        return AzureBackend.from_settings(settings, sleep=sleep, clock=services.clock,
+                                          credential=getattr(services, "azure_credential", None))
     if kind == "local":
         from sop_pipeline.training.lora_backend import LoraBackend
 

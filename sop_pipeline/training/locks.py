@@ -4,6 +4,9 @@ Two pollers (the bot's scheduler and an admin's `sop-bot runs poll`) must not bo
 job exists yet" and both create one. PostgreSQL: a session-level advisory lock on its own
 connection. SQLite (one machine): an `flock` on a file next to the database. Both are released
 by the operating system when the process dies, so `kill -9` never leaves a run locked.
+
+The scheduler's lease is a database row, which nothing releases when its holder dies;
+`holder_gone` tells the next instance on the same host that it may take the lease over at once.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +79,43 @@ def _file_lock(engine: Engine, run_id: int) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+# --- is a lease holder still there? ---------------------------------------------------------
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a zombie, killed but not yet
+    reaped by its parent, counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS): the signal test is all we have
+        return True
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state not in (["Z"], ["X"])
+
+
+def holder_gone(holder: str) -> bool:
+    """True when a lease holder `host:pid:token` ran on this host in a process that is no
+    longer alive, so its lease can be taken over at once instead of waiting for it to expire.
+    A holder on another host, or in this very process, is never declared gone here."""
+    parts = holder.split(":")
+    if len(parts) < 3:
+        return False
+    host, pid_text = ":".join(parts[:-2]), parts[-2]
+    if host != this_host() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    return pid != os.getpid() and not process_alive(pid)

@@ -22,7 +22,6 @@ install stays light.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -34,8 +33,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from sop_pipeline.training.backend import (
@@ -45,19 +43,27 @@ from sop_pipeline.training.backend import (
     JobStatus,
     UploadedFile,
 )
+from sop_pipeline.training.lora_jobfiles import (  # noqa: F401 - re-exported for callers
+    ADAPTER_DIR,
+    CANCEL_FILE,
+    EVENTS_FILE,
+    JOB_FILE,
+    MODELFILE,
+    STATUS_FILE,
+    TERMINAL_STATES,
+    append_event,
+    cancel_requested,
+    read_json,
+    update_status,
+    write_json_atomic,
+)
 
 Runner = Literal["subprocess", "thread"]
 
-JOB_FILE = "job.json"
-STATUS_FILE = "status.json"
-EVENTS_FILE = "events.jsonl"
-CANCEL_FILE = "cancel"
-ADAPTER_DIR = "adapter"
 LOG_FILE = "train.log"
 FILES_DIR = "_files"
 
 ACTIVE_STATES = ("validating_files", "queued", "running")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 REQUIRED_MODULES = ("torch", "transformers", "peft", "trl", "datasets")
 START_GRACE_SECONDS = 300  # a queued job with no process after this long was never started
 
@@ -71,79 +77,6 @@ INSTALL_HINT = (
     "The local LoRA backend needs the optional training libraries; install them with "
     "`pip install -e '.[local]'` on the training machine, or set TRAINING_BACKEND to openai."
 )
-
-
-# --- job-directory files (shared with lora_train.py) -------------------------------------------
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from disk ({} when the file is missing or half-written)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON via a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(job_dir: Path) -> Iterator[None]:
-    """An exclusive lock on the job directory (across threads and processes)."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    with open(job_dir / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def update_status(job_dir: Path, *, only_if_active: bool = False, **changes: object) -> dict:
-    """Merge `changes` into status.json under the job lock; returns the new status.
-
-    With `only_if_active`, a job that already ended (e.g. cancelled while the trainer was
-    finishing) keeps its final state: the first terminal state written wins.
-    """
-    with _locked(job_dir):
-        status = read_json(job_dir / STATUS_FILE)
-        if only_if_active and status.get("state") in TERMINAL_STATES:
-            return status
-        status.update(changes)
-        status["updated_at"] = time.time()
-        write_json_atomic(job_dir / STATUS_FILE, status)
-        return status
-
-
-def append_event(
-    job_dir: Path, message: str, *, level: str = "info", kind: str = "message",
-    step: int | None = None, train_loss: float | None = None, valid_loss: float | None = None,
-) -> str:
-    """Append one event to events.jsonl with the next sequential id; returns the id."""
-    with _locked(job_dir):
-        path = job_dir / EVENTS_FILE
-        count = 0
-        if path.exists():
-            with path.open(encoding="utf-8") as handle:
-                count = sum(1 for line in handle if line.strip())
-        event_id = f"evt-{count + 1:06d}"
-        record = {
-            "id": event_id, "created_at": int(time.time()), "level": level, "message": message,
-            "kind": kind, "step": step, "train_loss": train_loss, "valid_loss": valid_loss,
-        }
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        return event_id
-
-
-def cancel_requested(job_dir: Path) -> bool:
-    return (job_dir / CANCEL_FILE).exists()
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -197,7 +130,7 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def _number(value: object, default: float) -> float:
-    try:
+    try:  # any JSON value: float() raises TypeError/ValueError for what it cannot convert
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
@@ -233,8 +166,13 @@ class LoraBackend:
 
     # -- files --
 
-    def upload(self, path: Path) -> UploadedFile:
-        """Register a snapshot file by path (nothing is copied: the snapshot is immutable)."""
+    def upload(self, path: Path | bytes, snapshot_hash: str | None = None, *,
+               kind: str | None = None) -> UploadedFile:
+        """Register a snapshot file by path (nothing is copied: the snapshot is immutable; the
+        id comes from the path, so registering it again after a crash gives the same id)."""
+        if isinstance(path, bytes):  # the lifecycle always passes the materialised file
+            raise BackendError("The local backend registers snapshot files by path, not bytes; "
+                               "pass the snapshot file's path.", code="invalid_file")
         path = Path(path)
         if not path.is_file():
             raise BackendError(
@@ -242,10 +180,10 @@ class LoraBackend:
                 "`sop-bot datasets snapshot` first.", code="file_not_found")
         file_id = file_id_for(path)
         problem = _check_jsonl(path)
-        record = {"path": str(path.resolve()), "status": "error" if problem else "processed",
-                  "error": problem}
+        status = "error" if problem else "processed"
+        record = {"path": str(path.resolve()), "status": status, "error": problem}
         write_json_atomic(self.root / FILES_DIR / f"{file_id}.json", record)
-        return UploadedFile(id=file_id, status=record["status"], error=problem)
+        return UploadedFile(id=file_id, status=status, error=problem)
 
     def file_status(self, file_id: str) -> UploadedFile:
         record = read_json(self.root / FILES_DIR / f"{file_id}.json")
@@ -293,6 +231,12 @@ class LoraBackend:
             "batch_size": hyper.get("batch_size", "auto"),
             "learning_rate": 2e-4 * _number(hyper.get("learning_rate_multiplier"), 1.0),
             "seed": spec.seed if spec.seed is not None else 42,
+            "max_seq_tokens": self.settings.local_max_seq_tokens,
+            "long_examples": self.settings.local_long_examples,
+            "base_gguf_file": self.settings.local_base_gguf_file,
+            "cpu_max_params_m": self.settings.local_cpu_max_params_m,
+            "server": self.settings.local_server,
+            "ollama_base": self.settings.local_ollama_base,
         }
 
     def start_job(self, spec: JobSpec) -> JobStatus:
@@ -461,10 +405,11 @@ def load_adapter_into_server(settings, model_name: str, adapter_path: Path | str
     adapters at runtime through `POST /v1/load_lora_adapter`; without it the adapter must be
     listed in `--lora-modules` at start-up. Returns True when the server serves the adapter.
     """
-    if not settings.openai_base_url:
+    if not settings.openai_base_url or settings.local_server != "vllm":
         return False
     url = settings.openai_base_url.rstrip("/") + "/load_lora_adapter"
-    body = json.dumps({"lora_name": model_name, "lora_path": str(adapter_path)}).encode()
+    served = server_adapter_path(settings, adapter_path)
+    body = json.dumps({"lora_name": model_name, "lora_path": served}).encode()
     headers = {"Content-Type": "application/json"}
     key = settings.secret("openai_api_key")
     if key:
@@ -478,6 +423,19 @@ def load_adapter_into_server(settings, model_name: str, adapter_path: Path | str
         return exc.code == 400 and "already" in detail.lower()
     except (urllib.error.URLError, OSError):
         return False
+
+
+def server_adapter_path(settings, adapter_path: Path | str) -> str:  # noqa: ANN001 - Settings
+    """The adapter's path as the serving host sees it: LOCAL_MODEL_DIR is mounted there as
+    LOCAL_SERVER_ADAPTER_DIR (a shared volume); unset, both see the same path."""
+    if not settings.local_server_adapter_dir:
+        return str(adapter_path)
+    path = Path(adapter_path).resolve()
+    try:
+        relative = path.relative_to(Path(settings.local_model_dir).resolve())
+    except ValueError:
+        return str(path)  # not under LOCAL_MODEL_DIR: nothing to translate
+    return str(PurePosixPath(settings.local_server_adapter_dir) / relative.as_posix())
 
 
 def _to_job_status(status: dict) -> JobStatus:

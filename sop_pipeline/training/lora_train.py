@@ -19,8 +19,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from sop_pipeline.training.lora_backend import (
+from sop_pipeline.training.lora_jobfiles import (
+    ADAPTER_DIR,
     JOB_FILE,
+    MODELFILE,
     append_event,
     cancel_requested,
     read_json,
@@ -28,7 +30,10 @@ from sop_pipeline.training.lora_backend import (
 )
 
 DEFAULT_BATCH_SIZE = 4
-MAX_SEQUENCE_TOKENS = 4096
+DEFAULT_SEQ_TOKENS = 4096
+# Architectures whose safetensors LoRA adapters Ollama imports with ADAPTER (Ollama's
+# docs/import.md: Llama, Mistral, Gemma); others need vLLM.
+OLLAMA_ADAPTER_FAMILIES = ("llama", "mistral", "mixtral", "gemma", "gemma2")
 
 
 def load_examples(path: str | Path | None) -> list[dict]:
@@ -59,6 +64,108 @@ def plan_steps(plan: dict, n_train: int) -> tuple[int, int]:
         per_epoch = math.ceil(n_train / batch_size)
         max_steps = min(max_steps, max(1, per_epoch * int(float(epochs))))
     return batch_size, max_steps
+
+
+def choose_device(*, cuda: bool, bf16: bool, mps: bool) -> tuple[str, dict]:
+    """Device and the SFTConfig precision flags: bf16 where the GPU has it, fp16 on older
+    NVIDIA GPUs, Apple's GPU (MPS) in float32 where available, else the CPU."""
+    if cuda:
+        return "cuda", ({"bf16": True} if bf16 else {"fp16": True})
+    if mps:
+        return "mps", {}
+    return "cpu", {}
+
+
+def _detect_device() -> tuple[str, dict]:
+    import torch
+
+    cuda = bool(torch.cuda.is_available())
+    mps_backend = getattr(torch.backends, "mps", None)
+    return choose_device(cuda=cuda, bf16=cuda and bool(torch.cuda.is_bf16_supported()),
+                         mps=bool(mps_backend and mps_backend.is_available()))
+
+
+def _load_kwargs(plan: dict) -> dict:
+    return {"gguf_file": plan["base_gguf_file"]} if plan.get("base_gguf_file") else {}
+
+
+def _model_kwargs(plan: dict) -> dict:
+    """A GGUF base is unpacked into dense weights: LoRA trains on those (transformers refuses
+    to train through its packed GGUF layers)."""
+    if not plan.get("base_gguf_file"):
+        return {}
+    from transformers import GgufConfig
+
+    file = plan["base_gguf_file"]
+    return {"gguf_file": file, "quantization_config": GgufConfig(gguf_file=file, dequantize=True)}
+
+
+def check_model_fits(plan: dict, config, device: str) -> None:  # noqa: ANN001 - PretrainedConfig
+    """Refuse, with what to do, a base model Ollama cannot take or the CPU cannot train."""
+    family = str(getattr(config, "model_type", "") or "")
+    if plan.get("server") == "ollama" and family not in OLLAMA_ADAPTER_FAMILIES:
+        raise ValueError(
+            f"Ollama cannot load a LoRA adapter for a {family or 'unknown'} base model (it takes "
+            f"adapters for {', '.join(OLLAMA_ADAPTER_FAMILIES)} only); set LOCAL_SERVER=vllm "
+            "or choose a Llama, Mistral or Gemma LOCAL_BASE_MODEL.")
+    if device != "cpu":
+        return
+    millions = count_parameters(config) / 1e6
+    limit = int(plan.get("cpu_max_params_m") or 1000)
+    if millions > limit:
+        raise ValueError(
+            f"No GPU was found and {plan['base_model']} has {millions:,.0f}M parameters, more "
+            f"than LOCAL_CPU_MAX_PARAMS_M ({limit:,}M) allows on the CPU; train on a machine "
+            "with an NVIDIA GPU or Apple silicon, choose a smaller LOCAL_BASE_MODEL, or raise "
+            "LOCAL_CPU_MAX_PARAMS_M if a CPU run of many hours is acceptable.")
+
+
+def count_parameters(config) -> int:  # noqa: ANN001 - PretrainedConfig
+    """Parameters of the model `config` describes, without allocating its weights."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _token_count(tokenizer, row: dict) -> int:  # noqa: ANN001
+    encoded = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+    return len(ids)
+
+
+def long_examples(tokenizer, rows: list[dict], max_tokens: int) -> tuple[int, int]:  # noqa: ANN001
+    """(how many examples are longer than `max_tokens`, the longest length in tokens)."""
+    lengths = [_token_count(tokenizer, row) for row in rows]
+    return sum(1 for n in lengths if n > max_tokens), max(lengths, default=0)
+
+
+def report_long_examples(job_dir: Path, plan: dict, tokenizer, rows: list[dict]) -> None:  # noqa: ANN001
+    """Say how many examples exceed the sequence length before training (or refuse the run):
+    never cut silently."""
+    max_tokens = int(plan.get("max_seq_tokens") or DEFAULT_SEQ_TOKENS)
+    n_long, longest = long_examples(tokenizer, rows, max_tokens)
+    if not n_long:
+        return
+    what = (f"{n_long} of {len(rows)} training example(s) are longer than "
+            f"LOCAL_MAX_SEQ_TOKENS ({max_tokens:,} tokens; the longest has {longest:,})")
+    if plan.get("long_examples") == "refuse":
+        raise ValueError(f"{what}, and LOCAL_LONG_EXAMPLES=refuse. Raise LOCAL_MAX_SEQ_TOKENS "
+                         "(needs more GPU memory), retract the long SOPs, or set "
+                         "LOCAL_LONG_EXAMPLES=truncate.")
+    append_event(job_dir, f"{what}: they are trained on their first {max_tokens:,} tokens "
+                 "only. Raise LOCAL_MAX_SEQ_TOKENS or set LOCAL_LONG_EXAMPLES=refuse to stop "
+                 "such runs.", level="warning")
+
+
+def write_modelfile(job_dir: Path, plan: dict) -> Path:
+    """The Ollama Modelfile next to the adapter: the same base weights plus the adapter."""
+    base = plan.get("ollama_base") or plan["base_model"]
+    path = job_dir / MODELFILE
+    path.write_text(f"FROM {base}\nADAPTER ./{ADAPTER_DIR}\n", encoding="utf-8")
+    return path
 
 
 def _callback(job_dir: Path):  # noqa: ANN202 - TrainerCallback subclass built lazily
@@ -93,30 +200,33 @@ def _callback(job_dir: Path):  # noqa: ANN202 - TrainerCallback subclass built l
 
 
 def _trainer(plan: dict, job_dir: Path, train_rows: list[dict], valid_rows: list[dict]):  # noqa: ANN202
-    """Build the SFTTrainer with a LoRA config on every linear layer."""
-    import torch
+    """Build the SFTTrainer with a LoRA config on every linear layer (after the checks that
+    need only the config and the tokenizer, so a refusal costs no model load)."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(plan["base_model"])
+    extra = _load_kwargs(plan)
+    device, precision = _detect_device()
+    check_model_fits(plan, AutoConfig.from_pretrained(plan["base_model"], **extra), device)
+    tokenizer = AutoTokenizer.from_pretrained(plan["base_model"], **extra)
     if not tokenizer.chat_template:
         raise ValueError(
             f"{plan['base_model']} has no chat template; set LOCAL_BASE_MODEL to an instruct "
             "(chat) model.")
-    model = AutoModelForCausalLM.from_pretrained(plan["base_model"])
+    report_long_examples(job_dir, plan, tokenizer, train_rows + valid_rows)
+    model = AutoModelForCausalLM.from_pretrained(plan["base_model"], **_model_kwargs(plan))
     batch_size, max_steps = plan_steps(plan, len(train_rows))
     eval_steps = max(1, max_steps // 10)
-    bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     args = SFTConfig(
         output_dir=str(job_dir / "trainer"), max_steps=max_steps,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         learning_rate=float(plan["learning_rate"]), seed=int(plan["seed"]),
         logging_steps=max(1, max_steps // 100), save_strategy="no", report_to=[],
         eval_strategy="steps" if valid_rows else "no", eval_steps=eval_steps,
-        max_length=MAX_SEQUENCE_TOKENS, disable_tqdm=True, bf16=bf16,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        max_length=int(plan.get("max_seq_tokens") or DEFAULT_SEQ_TOKENS), disable_tqdm=True,
+        use_cpu=device == "cpu", dataloader_num_workers=0, **precision,
     )
     rank = int(plan["lora_rank"])
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
@@ -151,6 +261,10 @@ def train(job_dir: Path) -> None:
     trainer.save_model(plan["adapter_dir"])
     append_event(job_dir, f"Adapter saved to {plan['adapter_dir']}; serve it as "
                  f"{plan['model_name']}.")
+    if plan.get("server") == "ollama":
+        modelfile = write_modelfile(job_dir, plan)
+        append_event(job_dir, f"Ollama: run `ollama create {plan['model_name']} -f {modelfile}` "
+                     "on the Ollama host, then the evaluation gate can reach it.")
     update_status(job_dir, only_if_active=True, state="succeeded",
                   fine_tuned_model=plan["model_name"], trained_tokens=callback.trained_tokens,
                   adapter_dir=plan["adapter_dir"])

@@ -13,7 +13,9 @@ picklable, and tests call them directly with an injected clock instead of waitin
 Several bot instances may share one PostgreSQL. A lease row (`SchedulerLease`) taken with one
 atomic UPDATE (or an insert that does nothing on conflict) decides which instance acts; the
 others skip the tick. All state lives in our tables, so when the lease holder dies another
-instance takes over after SCHEDULER_LEASE_SECONDS and carries on from the stored run state.
+instance carries on from the stored run state: at once when the dead holder ran on the same
+host (a restart), else after two missed heartbeats (poll intervals) or SCHEDULER_LEASE_SECONDS,
+whichever comes first.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
+from sop_pipeline import model_registry
 from sop_pipeline.claims import claim
 from sop_pipeline.models import SchedulerLease
-from sop_pipeline.training import lifecycle
+from sop_pipeline.training import lifecycle, sunset
 from sop_pipeline.training.backend import TrainingBackend
+from sop_pipeline.training.locks import holder_gone
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +60,64 @@ def holder_id(services) -> str:  # noqa: ANN001 - Services
 def acquire_lease(services, name: str = LEASE_NAME) -> bool:  # noqa: ANN001
     """Take or renew the named lease for SCHEDULER_LEASE_SECONDS; False if another holds it.
 
-    One atomic statement each way: renew/steal with `UPDATE ... WHERE expires_at < now OR
-    holder = me`, else insert the row doing nothing on conflict. PostgreSQL re-checks the
-    WHERE clause after a concurrent update, so two instances can never both win.
+    One atomic statement each way: renew/steal with `UPDATE ... WHERE stale OR holder = me`,
+    else insert the row doing nothing on conflict. PostgreSQL re-checks the WHERE clause after
+    a concurrent update, so two instances can never both win. A holder is stale when its
+    lease expired or its last renewal (heartbeat) is older than two poll intervals; a holder
+    whose process is gone (same host, pid not alive) is taken over at once, so a restarted
+    bot picks up a crashed one's run in seconds instead of waiting out the lease.
     """
     from sop_pipeline.examples import dialect_insert
 
     me = holder_id(services)
     now = services.clock()
-    expires = now + timedelta(seconds=services.settings.scheduler_lease_seconds)
+    settings = services.settings
+    expires = now + timedelta(seconds=settings.scheduler_lease_seconds)
+    # renewed at now - (lease - 2 * poll) or earlier means two missed heartbeats
+    stale_before = now + timedelta(seconds=max(
+        0, settings.scheduler_lease_seconds - 2 * settings.training_poll_seconds))
     with services.session() as session:
-        result = session.execute(
+        result = session.exec(
             update(SchedulerLease)
-            .where(SchedulerLease.name == name,
-                   or_(SchedulerLease.expires_at < now, SchedulerLease.holder == me))
+            .where(col(SchedulerLease.name) == name,
+                   or_(col(SchedulerLease.expires_at) < stale_before,
+                       col(SchedulerLease.holder) == me))
             .values(holder=me, expires_at=expires)
         )
         if result.rowcount == 1:
             session.commit()
             return True
+        if _take_over_from_gone_holder(session, name, me, expires):
+            return True
         # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING
         inserted = session.execute(
-            dialect_insert(session, SchedulerLease.__table__)
+            dialect_insert(session, SchedulerLease)
             .values(name=name, holder=me, expires_at=expires)
             .on_conflict_do_nothing(index_elements=["name"])
-            .returning(SchedulerLease.__table__.c.name)
+            .returning(col(SchedulerLease.name))
         ).first()
         won = inserted is not None
         session.commit()
         return won
+
+
+def _take_over_from_gone_holder(session: Session, name: str, me: str, expires: datetime) -> bool:
+    """Steal the lease from a holder whose process died on this host (conditional on that
+    holder, so two instances restarting together cannot both win)."""
+    current = session.get(SchedulerLease, name)
+    if current is None or not holder_gone(current.holder):
+        return False
+    dead = current.holder
+    result = session.execute(
+        update(SchedulerLease)
+        .where(col(SchedulerLease.name) == name, col(SchedulerLease.holder) == dead)
+        .values(holder=me, expires_at=expires)
+    )
+    session.commit()
+    if getattr(result, "rowcount", 0) == 1:  # a CursorResult for an UPDATE
+        log.warning("took over the scheduler lease from %s (its process is gone)", dead)
+        return True
+    return False
 
 
 def release_lease(services, name: str = LEASE_NAME) -> None:  # noqa: ANN001
@@ -92,7 +125,8 @@ def release_lease(services, name: str = LEASE_NAME) -> None:  # noqa: ANN001
     with services.session() as session:
         session.execute(
             update(SchedulerLease)
-            .where(SchedulerLease.name == name, SchedulerLease.holder == holder_id(services))
+            .where(col(SchedulerLease.name) == name,
+                   col(SchedulerLease.holder) == holder_id(services))
             .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC))
         )
         session.commit()
@@ -116,9 +150,12 @@ def retrain_check(
         return None
     warn_deprecation_once_a_day(services)
     result = lifecycle.start_run(services, trigger="schedule", requested_by="scheduler")
+    check_sunset(services, result)
+    prune_azure_deployments(services)
     if result.run is None:
         log.info("no retraining: %s", result.summary)
         return result
+    assert result.run.id is not None  # start_run returns a stored run
     lifecycle.advance(services, result.run.id, backend=backend, sleep=sleep)
     return result
 
@@ -139,11 +176,15 @@ def poll_active_runs(
 
 
 def warn_deprecation_once_a_day(services) -> str | None:  # noqa: ANN001
-    """Send the cutoff/shutdown warning at most once per day across all instances."""
+    """Send the sunset countdown (from training/sunset.toml) at most once a day, across all
+    instances."""
     from sop_pipeline.notifications import Notification
 
+    settings = services.settings
     today = services.clock().date()
-    _, _, warning = lifecycle.deprecation_status(services.settings, today)
+    backend = settings.training_backend
+    warning = sunset.warning(backend, sunset.model_for(settings, backend), today,
+                             settings.deprecation_warning_days)
     if warning is None:
         return None
     with services.session() as session:
@@ -155,6 +196,42 @@ def warn_deprecation_once_a_day(services) -> str | None:  # noqa: ANN001
     except Exception:  # noqa: BLE001
         log.exception("deprecation notification failed")
     return warning
+
+
+def prune_azure_deployments(services) -> list[str]:  # noqa: ANN001
+    """Delete Azure deployments of rolled-back, rejected or superseded models (they bill by
+    the hour); a control-plane failure is logged and retried at the next check."""
+    if not services.settings.azure_openai_account:
+        return []
+    from sop_pipeline.training.azure_backend import prune_deployments
+
+    try:
+        return prune_deployments(services)
+    except Exception:  # noqa: BLE001 - housekeeping must never stop retraining
+        log.exception("pruning Azure deployments failed")
+        return []
+
+
+def check_sunset(services, result: lifecycle.StartResult | None = None) -> None:  # noqa: ANN001
+    """Say once that retraining stopped for good (cutoff or OpenAI's refusal), and retire the
+    active fine-tuned model on the day its provider stops serving it (drafts fall back to
+    retrieval)."""
+    settings = services.settings
+    if result is not None and result.reason in ("cutoff", "org_blocked"):
+        sunset.notify_once(services, sunset.stop_key(settings.training_backend, result.reason),
+                           "sunset",
+                    "Scheduled retraining has stopped and will not try again: " + result.summary)
+    today = services.clock().date()
+    with services.session() as session:
+        active = model_registry.active_model(session)
+        if active is None or not sunset.is_retired(active.backend, active.model_id, today):
+            return
+        found = sunset.window(sunset.PROVIDER_OF[active.backend], active.model_id)
+        text = sunset.retired_sentence(active.model_id, active.backend,
+                                       found.retired_on if found else None)
+        model_registry.deactivate_missing(session, active, reason=text[:500])
+        session.commit()
+    sunset.notify_once(services, f"sunset:retired:{active.model_id}", "model_retired", text)
 
 
 def _claim_key(session: Session, key: str) -> bool:

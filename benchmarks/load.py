@@ -1,25 +1,31 @@
-"""Load benchmark: the real bot process in HTTP mode under concurrent /sop commands and ✅ events.
+"""Load benchmark: SOP Bot as deployed, side by side with a textbook Bolt app, under a burst of
+/sop commands and ✅ approvals.
 
-The bot runs as its own process (`sop-bot run`, bound to 127.0.0.1) against the fake Slack and
-fake OpenAI servers that live in this process; the fake provider holds every chat completion
-for --provider-latency seconds before streaming its answer. Clients on 127.0.0.1 fire signed
-slash commands and reaction events (each reaction is also re-delivered once with
-X-Slack-Retry-Num, as Slack does) and this prints:
+Each scenario starts a real process against the fake Slack, fake Socket Mode and fake OpenAI
+servers living in this process; the fake provider holds every chat completion for
+--provider-latency seconds before streaming its answer. Apps (--apps):
 
-* ack latency p50/p95/p99 (client-side, connect → whole HTTP answer received; the client is
-  benchmarks/load_client.py, its own process, with requests signed before the clock starts),
-* drafts completed per second and time until every draft was finished in Slack,
-* examples stored, lost and duplicated items (must be 0: every command got one parent
-  message and one finished draft reply; every approval exactly one example and one reply),
-* idle RSS of the bot after start-up and its peak RSS (VmRSS / VmHWM from /proc).
+* bot-socket:    `sop-bot run` in Socket Mode (the default deployment), envelopes over the fake
+                 Socket Mode server; ack = envelope sent -> its acknowledgement received.
+* bot-http:      `sop-bot run` in HTTP mode (Bolt's ASGI adapter on uvicorn); ack = connect ->
+                 whole HTTP answer, measured by benchmarks/load_client.py in its own process.
+* textbook-http: benchmarks/textbook_app.py, a minimal Bolt app with lazy listeners doing the
+                 same Slack and provider calls, on the same server (uvicorn).
+* textbook-socket: the same app over Socket Mode.
 
-    python benchmarks/load.py --commands 50 --reactions 20 --concurrency 50 \
-        --provider-latency 2.0 --database sqlite
-    python benchmarks/load.py --quick            # a few requests, 0.2 s latency (tests)
+For each burst size (--sizes: that many concurrent /sop, plus --reactions approvals, each
+re-delivered once as Slack does) it prints ack p50/p95/p99, drafts done and when the last
+finished (against provider latency), examples stored, lost and duplicated (must be 0), idle
+RSS after start-up and peak RSS (VmRSS / VmHWM from /proc).
 
-Targets: ack p99 < 50 ms with 50 concurrent commands; 50 drafts with 2 s provider latency all
-finished within 3 s; zero lost or duplicated; idle RSS < 150 MB. Exit status 1 when anything
-was lost or duplicated (timings are reported, not enforced).
+    python benchmarks/load.py                                  # 50 and 200, every app, sqlite
+    python benchmarks/load.py --sizes 50 --apps bot-http --database postgres
+    python benchmarks/load.py --library 500                    # the bot with 500 SOPs stored
+    python benchmarks/load.py --quick                          # a few requests (tests)
+
+Goals (issue 14): ack p99 < 1 s at 200; every draft done within provider latency + 1 s at 50;
+nothing lost or duplicated; idle RSS < 150 MB. Exit status 1 when anything was lost or
+duplicated (timings are reported, not enforced).
 """
 
 from __future__ import annotations
@@ -45,28 +51,30 @@ APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine, line {n}"
 CONFIRMATION = "Added as training example"
-TARGETS = {"ack_p99_ms": 50.0, "all_drafts_s": 3.0, "idle_rss_mb": 150.0}
+APPS = ("bot-socket", "bot-http", "textbook-http", "textbook-socket")
+GOALS = {"ack_p99_ms": 1000.0, "drafts_over_latency_s": 1.0, "idle_rss_mb": 150.0}
 
 
 @dataclass
 class Options:
-    commands: int = 50
+    sizes: list[int] = field(default_factory=lambda: [50, 200])
     reactions: int = 20
-    concurrency: int = 50
     provider_latency: float = 2.0
     database: str = "sqlite"
     database_url: str | None = None
-    timeout: float = 120.0
+    timeout: float = 180.0
     seed: int = 1
+    apps: list[str] = field(default_factory=lambda: ["bot-socket", "bot-http", "textbook-http"])
+    library: int = 0
 
 
 @dataclass
 class Figures:
-    """What one benchmark run measured (also printed as JSON with --json)."""
+    """What one scenario (one app, one burst size) measured (also printed as JSON)."""
 
+    app: str
     commands: int
     reactions: int
-    concurrency: int
     provider_latency_s: float
     database: str
     ack_p50_ms: float
@@ -83,11 +91,12 @@ class Figures:
     duplicated: int
     idle_rss_mb: float
     peak_rss_mb: float
+    library: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0
+        return self.lost == 0 and self.duplicated == 0 and self.non_200_acks == 0
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -202,15 +211,28 @@ def _check_approvals(fake, targets: list[str], examples: dict[str, int],  # noqa
     return lost, duplicated
 
 
-def run(options: Options, *, out: Callable[[str], None] = print) -> Figures:
-    """Run the benchmark once; prints the figures and returns them."""
+def run(options: Options, *, out: Callable[[str], None] = print) -> list[Figures]:
+    """Every app at every burst size; prints one side-by-side table per size."""
+    results: list[Figures] = []
+    for size in options.sizes:
+        row = [run_one(options, app, size) for app in options.apps]
+        _print(row, options, out)
+        results += row
+    return results
+
+
+def run_one(options: Options, app: str, size: int) -> Figures:
+    """One app under one burst: `size` concurrent /sop plus the approvals."""
     from tests.fakes.openai_fake import FakeOpenAI
     from tests.fakes.slack_fake import FakeSlack, user_reacts
+    from tests.fakes.socket_mode import FakeSocketMode
     from tests.support.bot_process import BotProcess, bot_env, free_port
 
+    socket_mode = app.endswith("-socket")
+    textbook = app.startswith("textbook")
     with tempfile.TemporaryDirectory(prefix="sop-load-") as tmp, \
             FakeSlack(lifetime_seconds=options.timeout + 120) as fake_slack, \
-            FakeOpenAI(contract=False) as fake_openai:
+            FakeOpenAI(contract=False) as fake_openai, FakeSocketMode() as fake_socket:
         workdir = Path(tmp)
         database_url, drop = _database(options, workdir)
         if options.provider_latency > 0:
@@ -220,24 +242,40 @@ def run(options: Options, *, out: Callable[[str], None] = print) -> Figures:
                    for text in _sop_texts(options.reactions)]
         for ts in targets:
             user_reacts(fake_slack, CHANNEL, ts, APPROVER)
+        port = free_port()
+        extra: dict[str, str] = {"textbook_db": str(workdir / "textbook.db")}
+        if socket_mode:
+            fake_slack.socket_mode_url = fake_socket.url
+            extra.update(slack_app_token="xapp-1-load", probe_port=str(port))
         env = bot_env(database_url=database_url, data_dir=workdir / "data",
                       slack_url=fake_slack.base_url, bot_token=fake_slack.bot_token,
-                      openai_url=fake_openai.base_url, port=free_port(),
+                      openai_url=fake_openai.base_url, port=port,
                       sop_approvers=APPROVER, sop_watched_channels=CHANNEL,
-                      log_level="WARNING")
-        bot = BotProcess(env, workdir / "bot", name="bot")
+                      log_level="WARNING", **extra)
+        bot = BotProcess(env, workdir / "bot", name=app)
+        if textbook:
+            bot.command = [sys.executable, str(Path(__file__).with_name("textbook_app.py"))]
         try:
-            bot.start(timeout=60)
+            bot.start(timeout=90)
+            if socket_mode and not fake_socket.connected.wait(30):
+                raise RuntimeError(f"{app} never opened a Socket Mode connection")
+            library = 0
+            if options.library and not textbook:
+                from benchmarks.library import preload  # engineer "retrieval"'s module
+
+                preload(database_url, options.library)
+                library = options.library
             idle = bot.rss_kib()["VmRSS"] / 1024
-            figures = _fire(options, bot, fake_slack, targets, database_url, idle)
+            figures = _fire(options, app, size, bot, fake_slack, fake_socket if socket_mode
+                            else None, targets, database_url, idle)
+            figures.library = library
         finally:
             bot.stop()
             drop()
-    _print(figures, out)
     return figures
 
 
-def _build_requests(options: Options, bot, targets: list[str],  # noqa: ANN001
+def _build_requests(options: Options, commands: int, bot, targets: list[str],  # noqa: ANN001
                     response_url: str) -> tuple[list[str], list[dict]]:
     """The /sop commands and reaction events, signed as Slack would send them, shuffled; each
     reaction is re-delivered once at the end (X-Slack-Retry-Num), as Slack does."""
@@ -251,7 +289,7 @@ def _build_requests(options: Options, bot, targets: list[str],  # noqa: ANN001
                                                                       **kwargs)})
 
     client = Recorder(bot.url, response_url=response_url)
-    requests = [REQUEST.format(n=n + 1) for n in range(options.commands)]
+    requests = [REQUEST.format(n=n + 1) for n in range(commands)]
     jobs: list[tuple[str, object]] = [("command", r) for r in requests]
     jobs += [("reaction", (ts, None)) for ts in targets]
     random.Random(options.seed).shuffle(jobs)
@@ -280,12 +318,75 @@ def _send_all(bot, built: list[dict], concurrency: int, workdir: Path) -> dict: 
     return json.loads(target.read_text(encoding="utf-8"))
 
 
-def _fire(options: Options, bot, fake_slack, targets: list[str],  # noqa: ANN001
-          database_url: str, idle_mb: float) -> Figures:
-    requests, built = _build_requests(options, bot, targets, fake_slack.response_url("r"))
+def _send_socket_mode(fake_socket, built: list[dict], timeout: float) -> dict:  # noqa: ANN001
+    """Send every request as a Socket Mode envelope at once; ack latency = envelope sent ->
+    the bot's acknowledgement (same envelope_id) received by the fake server."""
+    from urllib.parse import parse_qsl
+
+    envelopes: list[dict] = []
+    for n, request in enumerate(built):
+        body, headers = request["body"], request["headers"]
+        envelope_id = f"load-{n}"
+        if body.lstrip().startswith("{"):
+            retry = int(headers.get("X-Slack-Retry-Num", 0) or 0)
+            envelopes.append({"envelope_id": envelope_id, "type": "events_api",
+                              "accepts_response_payload": False, "retry_attempt": retry,
+                              "retry_reason": "timeout" if retry else "",
+                              "payload": json.loads(body)})
+        else:
+            envelopes.append({"envelope_id": envelope_id, "type": "slash_commands",
+                              "accepts_response_payload": True,
+                              "payload": dict(parse_qsl(body, keep_blank_values=True))})
+    sent: dict[str, float] = {}
+    acked: dict[str, float] = {}
+
+    def collect() -> None:
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while len(acked) < len(envelopes) and time.monotonic() < deadline:
+            try:
+                message = fake_socket.received.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if message.get("envelope_id") in sent:
+                acked.setdefault(message["envelope_id"], time.monotonic())
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    started = time.monotonic()
+    for envelope in envelopes:
+        sent[envelope["envelope_id"]] = time.monotonic()
+        fake_socket.send(envelope)
+    collector.join(timeout + 5)
+    results = []
+    for envelope in envelopes:
+        key = envelope["envelope_id"]
+        if key in acked:
+            results.append({"status": 200, "ms": (acked[key] - sent[key]) * 1000, "error": None})
+        else:
+            results.append({"status": 0, "ms": timeout * 1000, "error": "no acknowledgement"})
+    return {"started": started, "results": results}
+
+
+def _textbook_examples(path: Path) -> dict[str, int]:
+    import sqlite3
+
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as database:
+        return {ts: 1 for (ts,) in database.execute("SELECT ts FROM example")}
+
+
+def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  # noqa: ANN001
+          targets: list[str], database_url: str, idle_mb: float) -> Figures:
+    requests, built = _build_requests(options, size, bot, targets, fake_slack.response_url("r"))
     completions = Completions()
     fake_slack.before_call = completions
-    sent = _send_all(bot, built, options.concurrency, Path(bot.workdir))
+    if fake_socket is not None:
+        sent = _send_socket_mode(fake_socket, built, timeout=30.0)
+    else:
+        sent = _send_all(bot, built, size, Path(bot.workdir))
     started, results = sent["started"], sent["results"]
     acks = [r["ms"] for r in results]
     statuses = [r["status"] for r in results]
@@ -296,12 +397,15 @@ def _fire(options: Options, bot, fake_slack, targets: list[str],  # noqa: ANN001
     peak = bot.rss_kib()["VmHWM"] / 1024
     problems: list[str] = sorted(set(errors))
     lost_d, dup_d = _check_drafts(fake_slack, requests, problems)
-    examples = _count_examples(database_url)
+    if app.startswith("textbook"):
+        examples = _textbook_examples(Path(bot.env["TEXTBOOK_DB"]))
+    else:
+        examples = _count_examples(database_url)
     lost_a, dup_a = _check_approvals(fake_slack, targets, examples, problems)
     elapsed = max(finished_at - started, 1e-9)
     done = len(completions.finished)
     return Figures(
-        commands=len(requests), reactions=len(targets), concurrency=options.concurrency,
+        app=app, commands=len(requests), reactions=len(targets),
         provider_latency_s=options.provider_latency,
         database="postgres" if "postgresql" in database_url else "sqlite",
         ack_p50_ms=round(percentile(acks, 0.50), 1), ack_p95_ms=round(percentile(acks, 0.95), 1),
@@ -316,49 +420,67 @@ def _fire(options: Options, bot, fake_slack, targets: list[str],  # noqa: ANN001
     )
 
 
-def _print(f: Figures, out: Callable[[str], None]) -> None:
-    def mark(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
+def _print(row: list[Figures], options: Options, out: Callable[[str], None]) -> None:
+    """One table: a column per app, a line per figure."""
+    first = row[0]
+    library = f", {options.library} SOPs in the bot's library" if options.library else ""
+    out(f"\n{first.commands} concurrent /sop + {first.reactions} approvals (each re-delivered "
+        f"once), provider latency {first.provider_latency_s:g} s, {first.database}{library}")
+    width = max(16, *(len(f.app) + 2 for f in row))
 
-    out(f"SOP Bot load benchmark: {f.commands} /sop commands + {f.reactions} approvals "
-        f"(each re-delivered once), {f.concurrency} concurrent clients, provider latency "
-        f"{f.provider_latency_s:g} s, {f.database}")
-    out(f"ack latency: p50 {f.ack_p50_ms} ms, p95 {f.ack_p95_ms} ms, p99 {f.ack_p99_ms} ms "
-        f"(max {f.ack_max_ms} ms; target p99 < {TARGETS['ack_p99_ms']:g} ms: "
-        f"{mark(f.ack_p99_ms < TARGETS['ack_p99_ms'])}); non-200 answers: {f.non_200_acks}")
-    out(f"drafts: {f.drafts_completed} completed, {f.drafts_failed} failed, "
-        f"{f.drafts_per_second} drafts/s, all finished after {f.all_drafts_s} s "
-        f"(target < {TARGETS['all_drafts_s']:g} s: "
-        f"{mark(f.all_drafts_s < TARGETS['all_drafts_s'])})")
-    out(f"examples stored: {f.examples_stored}")
-    out(f"lost: {f.lost}, duplicated: {f.duplicated} ({mark(f.ok)})")
-    out(f"bot RSS: idle after start-up {f.idle_rss_mb} MB (target < "
-        f"{TARGETS['idle_rss_mb']:g} MB: {mark(f.idle_rss_mb < TARGETS['idle_rss_mb'])}), "
-        f"peak {f.peak_rss_mb} MB")
-    for problem in f.problems:
-        out(f"  problem: {problem}")
+    def line(label: str, values: list[str]) -> None:
+        out(f"{label:<34}" + "".join(f"{v:>{width}}" for v in values))
+
+    line("", [f.app for f in row])
+    line("ack latency: p50 ms", [f"{f.ack_p50_ms:g}" for f in row])
+    line("ack latency: p95 ms", [f"{f.ack_p95_ms:g}" for f in row])
+    line("ack latency: p99 ms (goal < 1000)", [f"{f.ack_p99_ms:g}" for f in row])
+    line("ack latency: max ms", [f"{f.ack_max_ms:g}" for f in row])
+    line("not acknowledged", [str(f.non_200_acks) for f in row])
+    line("drafts completed / failed", [f"{f.drafts_completed} / {f.drafts_failed}" for f in row])
+    line("drafts/s", [f"{f.drafts_per_second:g}" for f in row])
+    line(f"all finished after s (latency {first.provider_latency_s:g})",
+         [f"{f.all_drafts_s:g}" for f in row])
+    line("examples stored", [str(f.examples_stored) for f in row])
+    line("lost / duplicated", [f"{f.lost} / {f.duplicated}" for f in row])
+    line("RSS MB: idle after start-up", [f"{f.idle_rss_mb:g}" for f in row])
+    line("RSS MB: peak", [f"{f.peak_rss_mb:g}" for f in row])
+    for f in row:
+        for problem in f.problems:
+            out(f"  {f.app} problem: {problem}")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commands", type=int, default=50, help="number of /sop commands")
+    parser.add_argument("--sizes", default="50,200",
+                        help="burst sizes: concurrent /sop commands, comma-separated")
     parser.add_argument("--reactions", type=int, default=20, help="number of ✅ approvals")
-    parser.add_argument("--concurrency", type=int, default=50, help="concurrent clients")
+    parser.add_argument("--apps", default="bot-socket,bot-http,textbook-http",
+                        help=f"comma-separated, from {', '.join(APPS)}")
     parser.add_argument("--provider-latency", type=float, default=2.0,
                         help="seconds the fake provider holds each chat completion")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
                         help="postgres creates a fresh database at SOP_TEST_PG_URL's server")
     parser.add_argument("--database-url", help="use this database instead (must be empty)")
-    parser.add_argument("--timeout", type=float, default=120.0,
+    parser.add_argument("--library", type=int, default=0, metavar="N",
+                        help="before the burst, store N SOPs in the bot's library "
+                             "(benchmarks.library.preload)")
+    parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for every draft and approval to finish")
     parser.add_argument("--quick", action="store_true",
                         help="a small run for tests: 4 commands, 3 reactions, 0.2 s latency")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args(argv)
-    options = Options(args.commands, args.reactions, args.concurrency, args.provider_latency,
-                      args.database, args.database_url, args.timeout)
+    apps = [a.strip() for a in args.apps.split(",") if a.strip()]
+    unknown = [a for a in apps if a not in APPS]
+    if unknown:
+        parser.error(f"unknown app(s) {', '.join(unknown)}; choose from {', '.join(APPS)}")
+    options = Options(sizes=[int(n) for n in args.sizes.split(",")], reactions=args.reactions,
+                      provider_latency=args.provider_latency, database=args.database,
+                      database_url=args.database_url, timeout=args.timeout, apps=apps,
+                      library=args.library)
     if args.quick:
-        options.commands, options.reactions, options.concurrency = 4, 3, 8
+        options.sizes, options.reactions = [4], 3
         options.provider_latency, options.timeout = 0.2, 60.0
     return options, args.json
 
@@ -367,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     options, as_json = parse_args(argv)
     figures = run(options)
     if as_json:
-        print(json.dumps(asdict(figures)))
-    return 0 if figures.ok else 1
+        print(json.dumps([asdict(f) for f in figures]))
+    return 0 if all(f.ok for f in figures) else 1
 
 
 if __name__ == "__main__":

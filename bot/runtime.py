@@ -9,7 +9,6 @@ wait until the bot is idle instead of sleeping.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,7 @@ from sop_pipeline.services import Services
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = 256  # a draft holds its worker while it streams (up to minutes), and a
-# command is acknowledged only once a worker picks it up: keep acks from queueing behind drafts
+DEFAULT_WORKERS = 64  # Settings.bot_worker_threads; work beyond it waits its turn in the queue
 
 
 class TrackedExecutor(Executor):
@@ -37,8 +35,15 @@ class TrackedExecutor(Executor):
         self._idle = threading.Condition()
         self._pending = 0
         self.max_workers = max_workers
-        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
-        self._dispatcher: threading.Thread | None = None
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        """Start every worker now: a pool thread started during a burst makes the request
+        that submitted the work wait, inside its acknowledgement, until the new thread runs."""
+        everyone = threading.Barrier(self.max_workers + 1)
+        for _ in range(self.max_workers):
+            self._pool.submit(everyone.wait, 30)  # each waits, so each needs a thread
+        everyone.wait(30)
 
     def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
         with self._idle:
@@ -57,25 +62,6 @@ class TrackedExecutor(Executor):
             if self._pending == 0:
                 self._idle.notify_all()
 
-    def submit_soon(self, fn: Callable[[], object]) -> None:
-        """Queue `fn` without waiting: a dispatcher thread submits it to the pool. Starting a
-        new pool thread blocks the caller until that thread runs, which under load is where
-        an acknowledgement would wait."""
-        with self._idle:
-            self._pending += 1
-            if self._dispatcher is None:
-                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
-                                                    name="sop-bot-dispatch")
-                self._dispatcher.start()
-        self._handoff.put(fn)
-
-    def _dispatch(self) -> None:
-        while (fn := self._handoff.get()) is not None:
-            try:
-                self._pool.submit(fn).add_done_callback(self._finished)
-            except BaseException:  # shut down meanwhile: the work is dropped, not waited for
-                self._finished(None)
-
     @property
     def pending(self) -> int:
         with self._idle:
@@ -88,126 +74,7 @@ class TrackedExecutor(Executor):
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._handoff.put(None)
-        if self._dispatcher is not None and wait:
-            self._dispatcher.join(timeout=5)
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-class AcksFirst:
-    """Lets acknowledgements overtake background work under a burst of requests.
-
-    Slack's 3-second rule is a deadline and a draft is not, but both need this process's one
-    interpreter lock: with 50 drafts starting at once, a request waits behind them for the lock
-    and is answered hundreds of milliseconds late. The HTTP server counts the requests it is
-    answering; background work calls `checkpoint()` before each Slack call, database session
-    and streamed chunk and waits there while a burst lasts: while any request is being
-    answered and for `quiet` seconds after the last one (requests arrive in clusters, and
-    waking every waiting worker between two of them would put them all back in the way). It
-    never waits longer than `max_wait` seconds, so a steady stream of requests cannot starve
-    the drafts.
-    """
-
-    def __init__(self, *, quiet: float = 0.02, max_wait: float = 0.25,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.quiet = quiet
-        self.max_wait = max_wait
-        self.monotonic = monotonic
-        self._answering = 0
-        self._last_answer = float("-inf")
-        self._changed = threading.Condition()
-        self._local = threading.local()
-
-    @property
-    def answering(self) -> int:
-        return self._answering
-
-    def request_started(self) -> None:
-        """A request was accepted (called by the server thread before it hands it on)."""
-        with self._changed:
-            self._answering += 1
-
-    def request_finished(self) -> None:
-        with self._changed:
-            self._answering = max(0, self._answering - 1)
-            self._last_answer = self.monotonic()
-            if not self._answering:
-                self._changed.notify_all()
-
-    def mark_answering_thread(self, answering: bool = True) -> None:
-        """The current thread answers a request: its own checkpoints never wait."""
-        self._local.answering = answering
-
-    def _busy_for(self, now: float) -> float:
-        """How much longer the current burst lasts at least (0: it is over)."""
-        if self._answering:
-            return float("inf")  # until request_finished() says otherwise
-        return max(0.0, self._last_answer + self.quiet - now)
-
-    def checkpoint(self) -> None:
-        now = self.monotonic()
-        if not self._answering and now - self._last_answer >= self.quiet:
-            return  # the common case: no burst, no lock taken
-        if getattr(self._local, "answering", False):
-            return
-        deadline = now + self.max_wait
-        with self._changed:
-            while (wait := self._busy_for(now)) > 0 and now < deadline:
-                self._changed.wait(min(wait, deadline - now))
-                now = self.monotonic()
-
-
-class DraftsFirst:
-    """Approvals and retractions step aside while drafts are starting.
-
-    A draft's requester watches "Drafting…" and the provider needs seconds to answer, so every
-    millisecond before its request goes out is added to the wait; an approval only has to be
-    stored and confirmed, with no deadline. In a burst (50 `/sop` and 20 ✅ at once) the
-    approvals' Slack calls and parsing held back every provider request by a few hundred
-    milliseconds. A draft counts as starting from its acknowledgement until its provider
-    request is about to be sent (or it ended before that); reaction work waits at its start
-    while any draft is starting, never longer than `max_wait` seconds, and loses nothing: the
-    event was acknowledged and is processed after the wait.
-    """
-
-    def __init__(self, *, max_wait: float = 1.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.max_wait = max_wait
-        self.monotonic = monotonic
-        self._starting = 0
-        self._changed = threading.Condition()
-
-    @property
-    def starting_now(self) -> int:
-        return self._starting
-
-    def starting(self) -> Callable[[], None]:
-        """Count one draft as starting; returns `started()`, which ends that (calls after the
-        first do nothing, so every exit path may call it)."""
-        with self._changed:
-            self._starting += 1
-        done = False
-
-        def started() -> None:
-            nonlocal done
-            with self._changed:
-                if done:
-                    return
-                done = True
-                self._starting -= 1
-                if not self._starting:
-                    self._changed.notify_all()
-
-        return started
-
-    def wait_turn(self) -> None:
-        """Wait while drafts are starting, at most `max_wait` seconds."""
-        if not self._starting:
-            return
-        deadline = self.monotonic() + self.max_wait
-        with self._changed:
-            while self._starting and (left := deadline - self.monotonic()) > 0:
-                self._changed.wait(left)
 
 
 class People:
@@ -267,8 +134,6 @@ class BotContext:
     admins: People
     monotonic: Callable[[], float] = time.monotonic
     scheduler: object | None = None  # APScheduler, for "next scheduled check" in status
-    acks_first: AcksFirst = field(default_factory=AcksFirst)
-    drafts_first: DraftsFirst = field(default_factory=DraftsFirst)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -303,7 +168,7 @@ class BotContext:
             except Exception:
                 log.exception("%s failed in the background", getattr(work, "__name__", work))
 
-        self.executor.submit_soon(run)
+        self.executor.submit(run)
 
     def acknowledge_then(self, work: Callable[..., None]) -> Callable[..., None]:
         """A Bolt listener for events and buttons, whose answer is always empty: acknowledge

@@ -1,15 +1,14 @@
 """OpenAI-compatible clients built from settings (OpenAI, Azure OpenAI, vLLM, Ollama...).
 
-Our own retry loops (with Retry-After) sit above these clients, so the SDK's retries are off.
+The SDK retries by itself (429/5xx/timeouts, honouring Retry-After) as often as
+`sop_pipeline.retry_policy` says; overall deadlines sit above it (see `generation`).
 """
 
 from __future__ import annotations
 
-import email.utils
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sop_pipeline.retry_policy import RetryPolicy
 from sop_pipeline.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is heavy to import; CLI commands that don't call it stay quick
@@ -39,7 +38,7 @@ def make_openai_client(settings: Settings, *, timeout: float | None = None) -> o
         api_key=key,
         base_url=settings.openai_base_url or None,
         timeout=timeout or settings.openai_timeout_seconds,
-        max_retries=0,
+        max_retries=RetryPolicy.provider(settings).max_retries,
     )
 
 
@@ -57,32 +56,5 @@ def make_azure_client(settings: Settings, *, timeout: float | None = None) -> op
         api_key=key,
         api_version=settings.azure_openai_api_version,
         timeout=timeout or settings.openai_timeout_seconds,
-        max_retries=0,
+        max_retries=RetryPolicy.provider(settings).max_retries,
     )
-
-
-def retry_after_seconds(exc: BaseException, now: Callable[[], float] = time.time) -> float | None:
-    """The wait a provider error asks for (`retry-after-ms`, `Retry-After` seconds or an HTTP
-    date), or None; generation and training back off by it alike."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        parsed = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, parsed.timestamp() - now())

@@ -6,12 +6,13 @@ fakes' URLs. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -26,6 +27,31 @@ if TYPE_CHECKING:
     import openai
 
 
+class DatabaseBusy(RuntimeError):
+    """A draft found no free database connection in time; the text is for the requester."""
+
+
+class _GatedSession(Session):
+    """A session holding one of the drafts' connection slots until it closes."""
+
+    def __init__(self, slots: threading.BoundedSemaphore, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._slots: threading.BoundedSemaphore | None = slots
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            slots, self._slots = self._slots, None
+            if slots is not None:
+                slots.release()
+
+
+def approval_reserve(pool_size: int) -> int:
+    """Connections drafts leave to everything else (approvals, commands, the scheduler)."""
+    return max(2, pool_size // 4)
+
+
 @dataclass
 class Services:
     """Settings, database, template, provider client factory, notifier and clock."""
@@ -36,10 +62,31 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     _openai_client: openai.OpenAI | None = field(default=None, init=False, repr=False)
     _client_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _draft_slots: threading.BoundedSemaphore | None = field(default=None, init=False,
+                                                           repr=False)
 
     def session(self) -> Session:
         """A new session; callers commit explicitly (or use `db.session_scope`)."""
         return Session(self.engine, expire_on_commit=False)
+
+    def draft_session(self) -> Session:
+        """A session for a draft's library read, from the drafts' share of the connection
+        pool: however many drafts run, `approval_reserve` connections stay free for
+        approvals. With no share free within DB_POOL_TIMEOUT_SECONDS, `DatabaseBusy`."""
+        with self._client_lock:
+            if self._draft_slots is None:
+                size = getattr(self.engine.pool, "size", lambda: 0)() or 5
+                self._draft_slots = threading.BoundedSemaphore(
+                    max(1, size - approval_reserve(size)))
+            slots = self._draft_slots
+        if not slots.acquire(timeout=self.settings.db_pool_timeout_seconds):
+            raise DatabaseBusy(
+                "The database is busy with other drafts right now, so this draft could not "
+                "read the SOP library. Please ask again in a minute.")
+        # a draft only reads: on SQLite it must not take the write lock (BEGIN IMMEDIATE)
+        # that approvals need while it reads the library
+        reader = self.engine.execution_options(sqlite_begin="DEFERRED")
+        return _GatedSession(slots, reader, expire_on_commit=False)
 
     @cached_property
     def template(self):  # noqa: ANN201  (Template; imported lazily to keep start-up light)
@@ -67,9 +114,15 @@ def build_services(
     upgrade_db: bool = True,
 ) -> Services:
     """Create the engine, upgrade the schema (the bot always upgrades at start) and wire it up."""
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url, pool_size=settings.database_pool_size,
+                            pool_timeout=settings.db_pool_timeout_seconds)
     if upgrade_db:
         db.upgrade(engine)
+    if settings.sop_embeddings_model:  # say so at start-up when vectors cannot be used
+        from sop_pipeline.library.vectors import startup_problem
+
+        if problem := startup_problem(engine, settings):
+            logging.getLogger(__name__).warning(problem)
     return Services(
         settings=settings,
         engine=engine,

@@ -21,7 +21,7 @@ REQUEST = "Write an SOP for cleaning of the tablet compression machine"
 def _dead_worker() -> str:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    return current_worker().rsplit(":", 1)[0] + f":{proc.pid}"
+    return current_worker().split(":")[0] + f":{proc.pid}:previous"
 
 
 def _set(services, generation_id: int, **values) -> None:  # noqa: ANN001

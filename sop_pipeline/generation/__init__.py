@@ -9,22 +9,19 @@ from __future__ import annotations
 from sop_pipeline.generation.generate import (
     MODE_FINE_TUNED,
     MODE_RETRIEVAL,
-    GenerationResult,
-    RequestRejected,
-    draft_notice,
-    find_generation_by_message,
     generate,
     run_generation,
-    start_generation,
-    validate_request,
-    warm_up,
 )
-from sop_pipeline.generation.retry import Clock
+from sop_pipeline.generation.messages import RequestRejected, draft_notice, validate_request
+from sop_pipeline.generation.store import (
+    GenerationResult,
+    find_generation_by_message,
+    start_generation,
+)
 
 __all__ = [
     "MODE_FINE_TUNED",
     "MODE_RETRIEVAL",
-    "Clock",
     "GenerationResult",
     "RequestRejected",
     "draft_notice",
@@ -34,7 +31,6 @@ __all__ = [
     "start_generation",
     "to_docx",
     "validate_request",
-    "warm_up",
 ]
 
 

@@ -1,0 +1,179 @@
+"""Where drafts are kept: the pending row, the claim that lets one worker run it, the stored
+outcome, and the result rebuilt from a row."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, update
+from sqlmodel import Session, col, select
+
+from sop_pipeline import sop_format
+from sop_pipeline.generation.messages import draft_notice, validate_request
+from sop_pipeline.generation.recovery import current_worker
+from sop_pipeline.models import Generation
+from sop_pipeline.services import Services
+
+
+@dataclass
+class GenerationResult:
+    """What one generation produced. `text` is the canonical SOP without the DRAFT notice
+    (empty unless `status == "completed"`); `markdown` has the notice on top."""
+
+    generation_id: int
+    status: str
+    text: str
+    sop: sop_format.SOP | None
+    findings: list = field(default_factory=list)
+    compliant: bool | None = None
+    model: str | None = None
+    mode: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int | None = None
+    error: str | None = None
+    draft_notice: str = ""
+    markdown: str = ""
+    repair_rounds: int = 0
+    retrieved_example_ids: list[int] = field(default_factory=list)
+    generated_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def summary(self) -> str:
+        """One-paragraph compliance report (empty for failed generations)."""
+        if not self.ok:
+            return ""
+        return sop_format.summarize(self.findings)
+
+
+def start_generation(
+    services: Services,
+    request: str,
+    requester: str | None,
+    *,
+    slack_channel: str | None = None,
+    slack_thread_ts: str | None = None,
+    slack_ts: str | None = None,
+) -> Generation:
+    """Validate the request and store a pending Generation (committed). No provider call.
+    `slack_ts` is the reply that will show the draft, when it is already posted."""
+    text = validate_request(request, services.settings.sop_max_request_chars)
+    row = Generation(
+        request=text, requester=requester, status="pending",
+        worker=current_worker(),
+        slack_channel=slack_channel, slack_thread_ts=slack_thread_ts, slack_ts=slack_ts,
+        created_at=services.clock(),
+    )
+    with services.session() as session:
+        session.add(row)
+        session.commit()  # the id comes back with the INSERT; every other value is set here
+    return row
+
+
+def find_generation_by_message(session: Session, channel: str, ts: str) -> Generation | None:
+    """The generation whose reply (or request thread) is message `ts` in `channel`."""
+    by_reply = select(Generation).where(
+        Generation.slack_channel == channel, Generation.slack_ts == ts
+    ).order_by(col(Generation.id).desc())
+    found = session.exec(by_reply).first()
+    if found is not None:
+        return found
+    by_thread = select(Generation).where(
+        Generation.slack_channel == channel, Generation.slack_thread_ts == ts
+    ).order_by(col(Generation.id).desc())
+    return session.exec(by_thread).first()
+
+
+def claim(services: Services, generation_id: int) -> tuple[Generation, bool]:
+    """Atomically move pending/failed → streaming, so two workers never run one request.
+
+    A row left "streaming" by a worker that died is claimable again once it is older than
+    twice the generation timeout plus a minute (no live worker can still be on it).
+    """
+    stale_before = services.clock() - timedelta(
+        seconds=2 * services.settings.sop_generation_timeout_seconds + 60
+    )
+    claimable = or_(
+        col(Generation.status).in_(("pending", "failed")),
+        and_(col(Generation.status) == "streaming", col(Generation.created_at) < stale_before),
+    )
+    with services.session() as session:
+        result = session.exec(
+            update(Generation)
+            .where(col(Generation.id) == generation_id, claimable)
+            .values(status="streaming", error=None, worker=current_worker())
+        )
+        session.commit()
+        row = session.get(Generation, generation_id)
+        if row is None:
+            raise LookupError(f"There is no SOP generation with id {generation_id}.")
+        return row, result.rowcount == 1
+
+
+def findings_json(findings: list) -> list[dict]:
+    out = []
+    for finding in findings:
+        if is_dataclass(finding):
+            # typeshed's is_dataclass also admits dataclass types; findings are instances
+            out.append(asdict(finding))  # type: ignore[arg-type]
+        else:
+            out.append({k: getattr(finding, k, None)
+                        for k in ("code", "severity", "message", "section")})
+    return out
+
+
+def _findings_from_json(items: list) -> list:
+    out = []
+    for item in items or []:
+        try:
+            out.append(sop_format.Finding(**item))
+        except TypeError:
+            continue
+    return out
+
+
+def finish(services: Services, generation_id: int, outcome: dict) -> GenerationResult:
+    """Store a run's outcome (column values) and build the result from the row."""
+    with services.session() as session:
+        row = _store_outcome(session, generation_id, outcome)
+        session.commit()  # the row keeps its values (expire_on_commit=False): no re-read
+    return result_from_row(services, row)
+
+
+def _store_outcome(session: Session, generation_id: int, outcome: dict) -> Generation:
+    """Write a run's outcome onto its row (flushed; the caller commits)."""
+    row = session.get(Generation, generation_id)
+    assert row is not None
+    for name, value in outcome.items():
+        setattr(row, name, value)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def result_from_row(services: Services, row: Generation) -> GenerationResult:
+    """Rebuild the result from storage (also used for already-completed generations)."""
+    template = services.template
+    text = (row.draft_text or "") if row.status == "completed" else ""
+    sop = sop_format.parse(text, template) if text else None
+    generated_at = row.completed_at or row.created_at or services.clock()
+    notice = draft_notice(row.model, generated_at)
+    markdown = ""
+    if sop is not None:
+        markdown = f"_{notice}_\n\n{sop_format.render_markdown(sop, template)}"
+    return GenerationResult(
+        generation_id=row.id or 0, status=row.status, text=text, sop=sop,
+        findings=_findings_from_json(row.findings) if text else [],
+        compliant=row.compliant, model=row.model, mode=row.mode,
+        prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+        latency_ms=row.latency_ms, error=row.error, draft_notice=notice, markdown=markdown,
+        repair_rounds=row.repair_rounds,
+        retrieved_example_ids=list(row.retrieved_example_ids or []),
+        generated_at=generated_at,
+    )
+

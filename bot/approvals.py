@@ -3,36 +3,41 @@ tell the approver what happened. Shared by the ✅ reaction and the "Approve as 
 
 Business rules (format check, canonical text, duplicates, audit) live in
 `sop_pipeline.examples.approve_sop`; this module only reads Slack (the message, its thread,
-attached .txt/.md/.docx files) and answers in Slack.
+attached .txt/.md/.docx files, through `bot.slack_files` so the token stays on Slack's file
+host) and answers in Slack: quietly by default (a reaction and an ephemeral note), with the
+owed answer recorded in the approval's transaction (`sop_pipeline.confirmations`).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks
+from bot import blocks, slack_files
 from bot.drafting import slack_error
 from bot.runtime import BotContext
+from sop_pipeline import confirmations
 from sop_pipeline.examples import (
     ApprovalResult,
     ApprovalStatus,
     approve_sop,
     example_counts,
+    get_example,
     prepare_sop,
     retract_example,
 )
 from sop_pipeline.generation import find_generation_by_message
+from sop_pipeline.models import ApprovalConfirmation
 
 log = logging.getLogger(__name__)
 
 SOP_FILE_SUFFIXES = (".txt", ".md", ".docx")
-MAX_FILE_BYTES = 5_000_000
 CONFIRM_REACTION = "inbox_tray"
 NOT_APPROVER = ("Only SOP approvers can add training examples, so your :{emoji}: was not "
                 "recorded. Ask a QA admin to add you to SOP_APPROVERS if you should approve SOPs.")
@@ -62,7 +67,8 @@ def fetch_message(ctx: BotContext, channel: str, ts: str) -> dict | None:
     """A message by channel and ts: top-level via history, thread replies via replies."""
     history = ctx.client.conversations_history(channel=channel, latest=ts, oldest=ts,
                                                inclusive=True, limit=1)
-    for message in history.get("messages", []):
+    messages: list[dict] = history.get("messages", [])
+    for message in messages:
         if message.get("ts") == ts:
             return message
     try:
@@ -71,7 +77,8 @@ def fetch_message(ctx: BotContext, channel: str, ts: str) -> dict | None:
         if slack_error(exc) == "thread_not_found":
             return None
         raise
-    return next((m for m in replies.get("messages", []) if m.get("ts") == ts), None)
+    thread: list[dict] = replies.get("messages", [])
+    return next((m for m in thread if m.get("ts") == ts), None)
 
 
 def candidate_for_generation(ctx: BotContext, channel: str, ts: str) -> Candidate | None:
@@ -112,28 +119,51 @@ def candidate_for_message(ctx: BotContext, channel: str, ts: str) -> Candidate:
 
 
 def sop_text_from_files(ctx: BotContext, files: list[dict]) -> str | None:
-    """The text of the first attached .txt/.md/.docx file, downloaded with the bot token."""
+    """The text of the first attached .txt/.md/.docx file. The bot token goes only to Slack's
+    own file host (`bot.slack_files`); a remote file is refused or fetched without it
+    (SOP_REMOTE_FILES); size and type are checked before downloading."""
+    settings = ctx.settings
     for item in files:
         name = item.get("name") or item.get("title") or ""
         suffix = Path(name).suffix.lower()
         if suffix not in SOP_FILE_SUFFIXES:
             continue
+        item = file_info(ctx, item)
         url = item.get("url_private_download") or item.get("url_private")
         if not url:
             continue
-        data = download(ctx, url)
+        try:
+            slack_files.check_declared(item, settings.sop_max_file_bytes)
+            remote = slack_files.is_remote(item, settings.slack_api_url)
+            if remote and settings.sop_remote_files == "refuse":
+                raise slack_files.FileRefused(
+                    f"{name} is a remote file (stored outside Slack), so I did not download "
+                    "it. Upload the SOP file to Slack itself, or paste its text.")
+            data = download(ctx, url, with_token=not remote)
+        except slack_files.FileRefused as exc:
+            raise NotAnSop(str(exc)) from None
         return read_sop_bytes(name, data)
     return None
 
 
-def download(ctx: BotContext, url: str) -> bytes:
-    """Fetch a `url_private` file; Slack answers an HTML sign-in page if the token is wrong."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ctx.bot_token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - Slack URL
-        content_type = response.headers.get("Content-Type", "")
-        data = response.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise NotAnSop("That file is larger than 5 MB; attach the SOP as a smaller file.")
+def file_info(ctx: BotContext, item: dict) -> dict:
+    """The full file object when the message carries a partial one (no size or type)."""
+    if item.get("id") and (item.get("file_access") == "check_file_info" or "size" not in item):
+        try:
+            return ctx.client.files_info(file=item["id"]).get("file") or item
+        except SlackApiError as exc:
+            raise NotAnSop(f"I can't read that file's details ({slack_error(exc)}); check "
+                           "that I have the files:read permission.") from None
+    return item
+
+
+def download(ctx: BotContext, url: str, *, with_token: bool = True) -> bytes:
+    """Fetch a file; Slack answers an HTML sign-in page if the token is wrong."""
+    settings = ctx.settings
+    data, content_type = slack_files.fetch(
+        url, token=ctx.bot_token if with_token else None, slack_api_url=settings.slack_api_url,
+        max_bytes=settings.sop_max_file_bytes,
+        allow_anonymous=settings.sop_remote_files == "fetch")
     if content_type.startswith("text/html"):
         raise NotAnSop("Slack did not let me download that file; check that I have the "
                        "files:read permission and am in the channel.")
@@ -160,16 +190,21 @@ def find_candidate(ctx: BotContext, channel: str, ts: str) -> Candidate:
 # --- approving and telling people ------------------------------------------------------------
 
 
-def approve(ctx: BotContext, candidate: Candidate, approver: str,
-            claim_key: str | None = None) -> ApprovalResult | None:
-    """Store the approval; None when `claim_key` was already handled (by any instance)."""
+def approve(ctx: BotContext, candidate: Candidate, approver: str, claim_key: str | None = None,
+            *, reacted_ts: str | None = None) -> ApprovalConfirmation | None:
+    """Store the approval and the confirmation it owes, in one transaction. Returns that
+    confirmation, or — when `claim_key` was handled before (by any instance) — the one still
+    owed from then (a crash after the commit), or None when it was posted."""
     services = ctx.services
     # Parsing and the pool counts happen outside the writing transaction: it holds the
     # database's write lock (on SQLite, every other writer waits for it).
     prepared = prepare_sop(candidate.text, services.template, services.settings)
+    key = claim_key or f"approval:{candidate.channel}:{candidate.slack_ts}:{approver}:{uuid4()}"
     with services.session() as session:
         if claim_key is not None and not ctx.claim_in(session, claim_key):
-            return None
+            owed_row = confirmations.owed(session, claim_key, ctx.services.clock())
+            session.commit()  # the owed row is taken for this process
+            return owed_row
         result = approve_sop(
             session, services.template, services.settings, text=candidate.text,
             prompt=candidate.prompt, source="slack", approver=approver,
@@ -177,62 +212,111 @@ def approve(ctx: BotContext, candidate: Candidate, approver: str,
             slack_ts=candidate.slack_ts, generation_id=candidate.generation_id,
             prepared=prepared, with_counts=False,
         )
+        row = confirmations.record(
+            session, key=key, channel=candidate.channel, thread_ts=candidate.reply_thread_ts,
+            reacted_ts=reacted_ts or candidate.slack_ts, approver=approver,
+            status=result.status, example_id=result.example.id if result.example else None,
+            findings_text=(blocks.findings_text(result.findings)
+                           if result.status == ApprovalStatus.NOT_COMPLIANT else None),
+        )
         session.commit()
-    if result.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED):
-        with services.session() as session:
-            result.counts = example_counts(session, services.settings)
-    return result
+        session.refresh(row)
+        session.expunge(row)
+    return row
 
 
 def ephemeral(ctx: BotContext, channel: str, user: str, text: str,
-              thread_ts: str | None = None) -> None:
+              thread_ts: str | None = None, **extra: Any) -> None:
     try:
         ctx.client.chat_postEphemeral(channel=channel, user=user, text=text,
-                                      thread_ts=thread_ts)
+                                      thread_ts=thread_ts, **extra)
     except SlackApiError as exc:
         log.warning("ephemeral to %s failed: %s", user, slack_error(exc))
 
 
-def announce(ctx: BotContext, candidate: Candidate, approver: str,
-             result: ApprovalResult, *, reacted_ts: str) -> None:
-    """One answer per approval: confirmation reaction + thread reply, or the findings."""
-    client = ctx.client
-    thread = candidate.reply_thread_ts
-    if result.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED):
+def _result(ctx: BotContext, row: ApprovalConfirmation) -> ApprovalResult:
+    """The approval's outcome as the approver reads it (counts as of now)."""
+    with ctx.services.session() as session:
+        example = get_example(session, row.example_id) if row.example_id else None
+        counts = (example_counts(session, ctx.settings)
+                  if row.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED)
+                  else None)
+        if example is not None:
+            session.expunge(example)
+    return ApprovalResult(row.status, example, counts=counts)
+
+
+def announce(ctx: BotContext, row: ApprovalConfirmation) -> None:
+    """One answer per approval, quiet by default: a confirmation reaction on the approved
+    message and a note only the approver sees (SOP_APPROVAL_PUBLIC_REPLY adds a thread reply);
+    the format findings the same way. Then the confirmation is recorded as posted."""
+    client, public = ctx.client, ctx.settings.sop_approval_public_reply
+    result = _result(ctx, row)
+    if row.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED):
         try:
-            client.reactions_add(channel=candidate.channel, timestamp=reacted_ts,
+            client.reactions_add(channel=row.channel, timestamp=row.reacted_ts,
                                  name=CONFIRM_REACTION)
         except SlackApiError as exc:
             if slack_error(exc) != "already_reacted":
                 log.warning("confirmation reaction failed: %s", slack_error(exc))
-        client.chat_postMessage(channel=candidate.channel, thread_ts=thread,
-                                text=blocks.escape(result.message))
-    elif result.status == ApprovalStatus.NOT_COMPLIANT:
-        intro = (f"<@{approver}> This SOP does not follow the house format, so it was not "
+        text = blocks.escape(result.message)
+        if public:
+            client.chat_postMessage(channel=row.channel, thread_ts=row.thread_ts, text=text)
+        else:
+            ephemeral(ctx, row.channel, row.approver, text, row.thread_ts)
+    elif row.status == ApprovalStatus.NOT_COMPLIANT:
+        intro = (f"<@{row.approver}> This SOP does not follow the house format, so it was not "
                  "added as a training example. Fix these and approve again:")
-        body = blocks.findings_text(result.findings)
-        client.chat_postMessage(channel=candidate.channel, thread_ts=thread,
-                                text=f"{intro}\n{body}",
-                                blocks=[blocks.section(intro)] + blocks.sections(body))
-    else:  # duplicate: the thread already has its confirmation
-        ephemeral(ctx, candidate.channel, approver, blocks.escape(result.message), thread)
+        body = row.findings_text or ""
+        message: dict[str, Any] = {"text": f"{intro}\n{body}",
+                   "blocks": [blocks.section(intro)] + blocks.sections(body)}
+        if public:
+            client.chat_postMessage(channel=row.channel, thread_ts=row.thread_ts, **message)
+        else:
+            ephemeral(ctx, row.channel, row.approver, thread_ts=row.thread_ts, **message)
+    else:  # duplicate: the first approval was already confirmed
+        ephemeral(ctx, row.channel, row.approver, blocks.escape(result.message), row.thread_ts)
+    with ctx.services.session() as session:
+        confirmations.mark_posted(session, row.key)
+        session.commit()
 
 
 def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
                     claim_key: str | None = None) -> None:
     """The whole ✅ path for one message (after the approver/channel checks). `claim_key`
-    makes a re-delivered event answer once; it commits with the example itself."""
+    makes a re-delivered event answer once; it commits with the example and the owed
+    confirmation, so a redelivery after a crash posts a confirmation that never went out."""
+    if claim_key is not None:
+        with ctx.services.session() as session:
+            owed_row = confirmations.owed(session, claim_key, ctx.services.clock())
+            session.commit()  # the owed row is taken for this process
+        if owed_row is not None:  # handled before, answer lost: answer now
+            announce(ctx, owed_row)
+            return
     try:
         candidate = find_candidate(ctx, channel, ts)
     except NotAnSop as exc:
         if claim_key is None or ctx.claim(claim_key):
             ephemeral(ctx, channel, approver, str(exc))
         return
-    result = approve(ctx, candidate, approver, claim_key)
-    if result is None:
+    row = approve(ctx, candidate, approver, claim_key, reacted_ts=ts)
+    if row is None:
         return
-    log.info("approval by %s of %s/%s: %s", approver, channel, ts, result.status)
-    announce(ctx, candidate, approver, result, reacted_ts=ts)
+    log.info("approval of %s/%s: %s", channel, ts, row.status)
+    announce(ctx, row)
+
+
+def post_owed_confirmations(ctx: BotContext) -> int:
+    """At start-up (and with the recovery sweep): confirmations a crash left unposted."""
+    with ctx.services.session() as session:
+        rows = confirmations.unposted(session, ctx.services.clock())
+        session.commit()  # taken for this process: a racing redelivery leaves them alone
+    for row in rows:
+        try:
+            announce(ctx, row)
+        except SlackApiError as exc:
+            log.warning("could not post an owed confirmation: %s", slack_error(exc))
+    return len(rows)
 
 
 def other_approvals(ctx: BotContext, message: dict | None, actor: str) -> list[str]:
@@ -248,7 +332,9 @@ def other_approvals(ctx: BotContext, message: dict | None, actor: str) -> list[s
 
 def retract_message(ctx: BotContext, *, channel: str, ts: str, actor: str) -> None:
     """Approval reaction removed: retract the example (kept, marked, audited), unless another
-    approver's approval reaction is still on the message."""
+    approver's approval reaction is still on the message. Told as quietly as approvals: the
+    confirmation reaction goes and the actor gets a note (a thread reply only when
+    SOP_APPROVAL_PUBLIC_REPLY asks for it)."""
     try:
         message = fetch_message(ctx, channel, ts)
     except SlackApiError as exc:
@@ -270,8 +356,14 @@ def retract_message(ctx: BotContext, *, channel: str, ts: str, actor: str) -> No
     if example is None:
         return
     thread = thread or (message or {}).get("thread_ts") or ts
-    ctx.client.chat_postMessage(
-        channel=channel, thread_ts=thread,
-        text=(f"Training example #{example.id} was retracted by <@{actor}>. It stays in the "
-              "audit log but is left out of every future training snapshot."),
-    )
+    try:
+        ctx.client.reactions_remove(channel=channel, timestamp=ts, name=CONFIRM_REACTION)
+    except SlackApiError as exc:
+        if slack_error(exc) != "no_reaction":
+            log.warning("removing the confirmation reaction failed: %s", slack_error(exc))
+    text = (f"Training example #{example.id} was retracted by <@{actor}>. It stays in the "
+            "audit log but is left out of every future training snapshot.")
+    if ctx.settings.sop_approval_public_reply:
+        ctx.client.chat_postMessage(channel=channel, thread_ts=thread, text=text)
+    else:
+        ephemeral(ctx, channel, actor, text, thread)

@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from bot import render
+from sop_pipeline.training.run_messages import state_words
+
 MAX_SECTION_CHARS = 3000
 MAX_BLOCKS = 50
 MAX_HOME_BLOCKS = 100
@@ -22,13 +25,15 @@ PROGRESS_TAIL_CHARS = 2800
 APPROVE_ACTION = "sop_approve"
 REGENERATE_ACTION = "sop_regenerate"
 DOCX_ACTION = "sop_download_docx"
+MODEL_ROLLBACK_ACTION = "sop_model_rollback"
+MODEL_BASE_ACTION = "sop_model_activate_base"
 
 Block = dict[str, Any]
 
 
 def escape(text: str) -> str:
-    """Escape the three characters Slack's mrkdwn treats as control characters."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Untrusted text for mrkdwn: `bot.render.mrkdwn` (escaped, invisible controls removed)."""
+    return render.mrkdwn(text)
 
 
 def split_text(text: str, limit: int = MAX_SECTION_CHARS) -> list[str]:
@@ -67,7 +72,7 @@ def context(text: str) -> Block:
 
 
 def header(text: str) -> Block:
-    text = " ".join(text.split()) or "SOP draft"
+    text = " ".join(render.plain(text).split()) or "SOP draft"
     if len(text) > MAX_HEADER_CHARS:
         text = text[: MAX_HEADER_CHARS - 1] + "…"
     return {"type": "header", "text": {"type": "plain_text", "text": text, "emoji": False}}
@@ -97,16 +102,23 @@ def draft_actions(generation_id: int) -> Block:
 # --- SOP drafts -----------------------------------------------------------------------------
 
 
+def title_line(structure: dict) -> str:
+    title = structure.get("title")
+    return f"Title: {title}" if title else "SOP draft"
+
+
 def sop_body_blocks(structure: dict) -> list[Block]:
-    """The SOP itself: title header, then one section block (or more) per SOP section."""
-    blocks: list[Block] = [header(structure.get("title") or "SOP draft")]
+    """The SOP as the house format writes it (`render_canonical`: "Title: …", "N.0 Heading:
+    body", "N.k step"), so what people read is what is approved and exported; headings bold."""
+    blocks: list[Block] = [header(title_line(structure))]
     for part in structure.get("sections", []):
-        heading = " ".join(p for p in (part.get("number"), part.get("heading")) if p)
-        lines = [f"*{escape(heading)}*"]
+        heading = " ".join(p for p in (part.get("number"), part.get("heading")) if p) + ":"
+        first = f"*{escape(heading)}*"
         if part.get("body"):
-            lines.append(escape(part["body"]))
+            first += " " + escape(part["body"])
+        lines = [first]
         for item in part.get("items", []):
-            prefix = f"{item['number']} " if item.get("number") else "• "
+            prefix = f"{item['number']} " if item.get("number") else ""
             lines.append(escape(prefix + item["text"]))
         blocks.extend(sections("\n".join(lines)))
     return blocks
@@ -163,7 +175,7 @@ def draft_file_summary(
     notice = draft_notice or "DRAFT: not approved for use until reviewed."
     blocks = [
         context(f":warning: *{escape(notice)}*"),
-        header(structure.get("title") or "SOP draft"),
+        header(title_line(structure)),
         section("This draft is too long to show in Slack, so it is attached as a file below."),
         section(compliance_line(findings, compliant)),
     ]
@@ -176,11 +188,12 @@ def draft_file_summary(
 
 
 def progress_text(text: str, requester: str | None = None) -> str:
-    """What a placeholder shows while the draft streams in: the latest part of the text."""
+    """What a placeholder shows while the draft streams in: the latest part of the model's
+    text, rendered like everything else (`render.code`: escaped, no fence break-out)."""
     tail = text[-PROGRESS_TAIL_CHARS:]
     if len(text) > PROGRESS_TAIL_CHARS:
         tail = "…" + tail.split("\n", 1)[-1]
-    return f":hourglass_flowing_sand: Drafting…\n```{tail}```" if tail.strip() else (
+    return f":hourglass_flowing_sand: Drafting…\n{render.code(tail)}" if tail.strip() else (
         ":hourglass_flowing_sand: Drafting your SOP…"
     )
 
@@ -198,7 +211,7 @@ def _when(value: Any) -> str:
 
 
 def _run_line(run: dict) -> str:
-    parts = [f"#{run.get('id', '?')} {escape(str(run.get('state', '?')))}",
+    parts = [f"#{run.get('id', '?')} {escape(state_words(run.get('state')))}",
              _when(run.get("finished_at") or run.get("created_at"))]
     if run.get("model"):
         parts.append(f"`{escape(str(run['model']))}`")
@@ -236,7 +249,8 @@ def status_blocks(report: dict) -> list[Block]:
         if run.get("valid_loss") is not None:
             loss += f" (validation {float(run['valid_loss']):.4f})"
         job = f", job `{escape(str(run['job_id']))}`" if run.get("job_id") else ""
-        text = f"*Running:* run #{run.get('id')} {escape(str(run.get('state')))}{job}{loss}"
+        text = (f"*Running:* run #{run.get('id')}, {escape(state_words(run.get('state')))}"
+                f"{job}{loss}")
         if run.get("error_message"):
             text += f"\nRetrying after: {escape(str(run['error_message']))[:500]}"
         blocks.append(section(text))
@@ -254,7 +268,73 @@ def status_blocks(report: dict) -> list[Block]:
         ))
     if report.get("deprecation_warning"):
         blocks.append(context(f":warning: {escape(str(report['deprecation_warning']))}"))
+    blocks.extend(training_backend_blocks(report.get("training_backends") or []))
+    actions = model_actions(report)
+    if actions is not None:
+        blocks = blocks[: MAX_BLOCKS - 1] + [actions]
     return blocks[:MAX_BLOCKS]
+
+
+def confirm_dialog(title: str, text: str, confirm: str, *, danger: bool = True) -> dict:
+    """A Block Kit `confirm` object: Slack asks "are you sure?" before sending the click.
+    Limits: title 100, text 300, button labels 30 characters."""
+    dialog: dict[str, Any] = {
+        "title": {"type": "plain_text", "text": title[:100]},
+        "text": {"type": "mrkdwn", "text": text[:300]},
+        "confirm": {"type": "plain_text", "text": confirm[:30]},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+    }
+    if danger:
+        dialog["style"] = "danger"
+    return dialog
+
+
+def model_actions(report: dict) -> Block | None:
+    """Admin buttons under the status: roll back, and switch to the base model (each with a
+    confirmation). The value carries the active version, so a click on an old status message
+    after someone else switched does nothing."""
+    current = report.get("active_model")
+    base = f"base model {report.get('base_model') or ''} + retrieval".replace("  ", " ")
+    shown = current or base
+    value = str(report.get("active_version_id") or "base")
+    elements = []
+    target = report.get("rollback_to")
+    if target:
+        element = button("Roll back", MODEL_ROLLBACK_ACTION, value, "danger")
+        element["confirm"] = confirm_dialog(
+            "Roll back the model?",
+            f"Drafts switch from `{escape(str(shown))}` back to `{escape(str(target))}`. The "
+            "switch is audited and announced in the admin channel.", "Roll back")
+        elements.append(element)
+    if current:
+        element = button("Use base model", MODEL_BASE_ACTION, value)
+        element["confirm"] = confirm_dialog(
+            "Switch to the base model?",
+            f"Drafts switch from `{escape(str(current))}` to the `{escape(base)}`. The switch "
+            "is audited and announced in the admin channel.", "Use base model")
+        elements.append(element)
+    if not elements:
+        return None
+    return {"type": "actions", "block_id": "sop_model_actions", "elements": elements}
+
+
+# --- sunset: can each configured backend train, and until when --------------------------------
+
+
+def training_backend_blocks(backends: list[dict]) -> list[Block]:
+    """One line per configured fine-tuning backend (from sop_pipeline.training.sunset)."""
+    if not backends:
+        return []
+    lines = []
+    for item in backends:
+        name = escape(str(item.get("backend", "?")))
+        if item.get("can_train"):
+            until = (f"until {_when(item['until'])}" if item.get("until")
+                     else "no announced end")
+            lines.append(f"• *{name}*: can train ({until})")
+        else:
+            lines.append(f"• *{name}*: cannot train. {escape(str(item.get('reason') or ''))}")
+    return sections("*Fine-tuning backends:*\n" + "\n".join(lines))
 
 
 def how_to_blocks() -> list[Block]:
@@ -272,11 +352,14 @@ def how_to_blocks() -> list[Block]:
     ]
 
 
-def home_view(report: dict | None, *, is_admin: bool) -> dict:
-    """App Home: the dashboard for admins, the how-to for everyone else."""
+def home_view(report: dict | None, *, is_admin: bool, notice: str | None = None) -> dict:
+    """App Home: the dashboard for admins, the how-to for everyone else; `notice` (what a
+    button click did) on top."""
     blocks = how_to_blocks()
     if is_admin and report is not None:
         blocks = status_blocks(report) + [{"type": "divider"}] + blocks
+    if notice:
+        blocks = [section(notice)] + blocks
     return {"type": "home", "blocks": blocks[:MAX_HOME_BLOCKS]}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk.errors import SlackApiError
@@ -35,7 +36,7 @@ def register(app: App, ctx: BotContext) -> None:
     app.command("/sop-status")(functools.partial(on_admin_command, handler=handle_status, ctx=ctx))
 
 
-def _ephemeral(respond: Respond, text: str, **extra: object) -> None:
+def _ephemeral(respond: Respond, text: str, **extra: Any) -> None:
     """Reply only to the person who typed the command (via response_url)."""
     try:
         respond(text=text, response_type="ephemeral", replace_original=False, **extra)
@@ -58,30 +59,27 @@ def on_sop(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) -> Non
     """Answer `/sop` at once (a usage hint or why a request is refused), then draft."""
     request, problem = _sop_request(command, ctx)
     if request is None:
+        assert problem is not None  # _sop_request says why whenever it gives no request
         ack(text=problem, response_type="ephemeral")
         return
     ack()
-    started = ctx.drafts_first.starting()  # approvals step aside until its request is out
-    try:
-        ctx.defer(handle_sop, command, request, respond, ctx=ctx, started=started)
-    except BaseException:
-        started()
-        raise
+    ctx.defer(handle_sop, command, request, respond, ctx=ctx)
 
 
-def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext,
-               started: Callable[[], None] | None = None) -> None:
-    """`/sop <request>`: parent message in the channel, draft in its thread. `started()` is
-    called once the provider request is about to go out, or when drafting ends before that."""
-    try:
-        _post_and_draft(command, request, respond, ctx, started)
-    finally:
-        if started is not None:
-            started()
+def command_key(command: dict) -> str:
+    """Slack's id for this one invocation: `trigger_id` (unique per command), else its
+    `response_url`; a signed request replayed within Slack's 5-minute window carries the same."""
+    ident = command.get("trigger_id") or command.get("response_url") or ""
+    return f"command:{command.get('command') or '/sop'}:{ident}"
 
 
-def _post_and_draft(command: dict, request: str, respond: Respond, ctx: BotContext,
-                    started: Callable[[], None] | None) -> None:
+def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext) -> None:
+    """`/sop <request>`: parent message in the channel, draft in its thread. A replayed
+    command (same trigger_id, claimed across instances) drafts nothing."""
+    if command.get("trigger_id") or command.get("response_url"):
+        if not ctx.claim(command_key(command)):
+            log.warning("ignoring a replayed /sop (its trigger_id was handled before)")
+            return
     user, channel = command["user_id"], command["channel_id"]
     try:
         parent = ctx.client.chat_postMessage(
@@ -93,7 +91,7 @@ def _post_and_draft(command: dict, request: str, respond: Respond, ctx: BotConte
         return
     try:
         draft_in_thread(ctx, channel=channel, thread_ts=parent["ts"], request=request,
-                        requester=user, on_request=started)
+                        requester=user)
     except SlackApiError as exc:
         log.warning("drafting in %s failed: %s", channel, slack_error(exc))
         _ephemeral(respond, channel_problem(exc) or
@@ -114,10 +112,10 @@ def on_admin_command(ack: Ack, command: dict, respond: Respond, *,
 
 
 def handle_retrain(command: dict, respond: Respond, ctx: BotContext) -> None:
-    """`/sop-retrain`: snapshot now and start a run; progress goes to the admin channel."""
+    """`/sop-retrain`: check and start first, then answer once: started (run id and cost),
+    or why not (the run under way, the next automatic check, the examples still needed)."""
     from sop_pipeline.training.lifecycle import start_run
 
-    _ephemeral(respond, ":hourglass_flowing_sand: Preparing a training snapshot…")
     try:
         result = start_run(ctx.services, trigger="manual", requested_by=command["user_id"],
                            force=True)
@@ -126,14 +124,50 @@ def handle_retrain(command: dict, respond: Respond, ctx: BotContext) -> None:
         _ephemeral(respond, "Starting the training run failed unexpectedly; nothing was sent "
                             "to the provider. Check the bot's log and try again.")
         return
+    _ephemeral(respond, retrain_answer(result, ctx))
+
+
+def retrain_answer(result, ctx: BotContext) -> str:  # noqa: ANN001 - StartResult
+    """The one answer to `/sop-retrain`, in words (no internal state names)."""
+    from sop_pipeline.training.run_messages import state_words
+
+    channel = ctx.settings.sop_admin_channel
     if result.started:
-        where = (f" Progress and the outcome will be posted in <#{ctx.settings.sop_admin_channel}>."
-                 if ctx.settings.sop_admin_channel else "")
+        words = _snapshot_words(result)
         cost = (f" Estimated cost: ${result.estimated_cost_usd:,.2f}."
-                if result.estimated_cost_usd is not None else "")
-        _ephemeral(respond, f":rocket: {result.summary}{cost} Run id: #{result.run.id}.{where}")
+                if result.estimated_cost_usd is not None and "cost $" not in words else "")
+        where = f" I'll keep one message up to date in <#{channel}>." if channel else ""
+        return (f":rocket: Training run #{result.run.id} started on "
+                f"{blocks.escape(words)}.{cost}{where}")
+    details = result.details or {}
+    if result.reason == "active_run" and details.get("active_run_id"):
+        text = (f"No new run started: training run #{details['active_run_id']} is "
+                f"{state_words(details.get('state'))} since {details.get('since', 'earlier')}.")
+        if channel:
+            text += f" Its progress is in <#{channel}>."
     else:
-        _ephemeral(respond, f":information_source: No training run was started. {result.summary}")
+        text = f"No training run was started. {blocks.escape(result.summary)}"
+    upcoming = _next_check(ctx)
+    if upcoming:
+        text += f" Next automatic check: {upcoming}."
+    return f":information_source: {text}"
+
+
+def _snapshot_words(result) -> str:  # noqa: ANN001 - StartResult
+    summary = str(result.summary or "")
+    return summary.split(" on ", 1)[1].rstrip(".") if " on " in summary else summary
+
+
+def _next_check(ctx: BotContext) -> str | None:
+    from sop_pipeline.training.scheduler import next_check_time
+
+    try:
+        when = next_check_time(ctx.scheduler)
+    except Exception:  # noqa: BLE001 - a stopped scheduler: say nothing about it
+        return None
+    from datetime import UTC
+
+    return when.astimezone(UTC).strftime("%H:%M UTC") if when is not None else None
 
 
 def handle_status(command: dict, respond: Respond, ctx: BotContext) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks
+from bot import blocks, render
 from bot.runtime import BotContext
 from sop_pipeline import sop_format
 from sop_pipeline.generation import (
@@ -28,6 +28,8 @@ from sop_pipeline.generation import (
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = ":hourglass_flowing_sand: Drafting your SOP…"
+STREAM_PLACEHOLDER = "_Drafting your SOP…_\n\n"
+REVISING = "\n\n_Revising the draft to follow the house format…_\n\n"
 INVITE_HINT = ("I'm not in this channel yet. Invite me with `/invite @SOP Bot`, then run "
                "your command again.")
 NO_CHANNEL_HINT = ("I can't post in this conversation. Run `/sop` in a channel I'm in "
@@ -62,19 +64,29 @@ class StreamingPreview:
         self._lock = threading.Lock()
 
     def on_delta(self, chunk: str) -> None:
-        self.ctx.acks_first.checkpoint()  # one streamed chunk is a natural place to give way
         with self._lock:
             self.text += chunk
-            now = self.ctx.monotonic()
-            if self._last is not None and now - self._last < self.interval:
+            if not self._due():
                 return
-            self._last = now
             text = self.text
-        self._edit(blocks.progress_text(text))
+        self._send(text)
 
     def on_reset(self) -> None:
         with self._lock:
             self.text = ""
+
+    def finish(self) -> None:
+        """Called once the draft is done, before the final edit (nothing to close here)."""
+
+    def _due(self) -> bool:
+        now = self.ctx.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def _send(self, text: str) -> None:
+        self._edit(blocks.progress_text(text))
 
     def _edit(self, text: str) -> None:
         try:
@@ -82,6 +94,84 @@ class StreamingPreview:
             self.updates += 1
         except SlackApiError as exc:  # a missed preview is harmless; the final edit matters
             log.warning("preview update failed: %s", slack_error(exc))
+
+
+class SlackStreamPreview(StreamingPreview):
+    """The draft streamed the way Slack AI apps do (chat.startStream / appendStream /
+    stopStream): the model's text is appended as it comes, at most once per interval, every
+    piece rendered by `bot.render`. When Slack refuses an append (streaming switched off,
+    stream expired), the rest of the preview falls back to `chat.update` on the same message.
+
+    slack_sdk's `chat_stream` helper starts its stream lazily and flushes by buffer size; we
+    need the message's ts before drafting starts (it is stored with the draft) and flushes by
+    time, so the three methods are called directly."""
+
+    def __init__(self, ctx: BotContext, channel: str, ts: str) -> None:
+        super().__init__(ctx, channel, ts)
+        self.sent = 0  # characters of `text` already appended
+        self.streaming = True
+
+    @classmethod
+    def start(cls, ctx: BotContext, *, channel: str, thread_ts: str, requester: str,
+              team_id: str | None) -> SlackStreamPreview | None:
+        """Open the stream with the placeholder; None when Slack refuses streaming here."""
+        if not team_id:
+            return None
+        try:
+            response = ctx.client.chat_startStream(
+                channel=channel, thread_ts=thread_ts, markdown_text=STREAM_PLACEHOLDER,
+                recipient_user_id=requester, recipient_team_id=team_id)
+        except SlackApiError as exc:
+            log.info("streaming refused (%s); drafting with chat.update", slack_error(exc))
+            return None
+        return cls(ctx, channel, str(response["ts"]))
+
+    def on_reset(self) -> None:
+        with self._lock:
+            self.text = ""
+            self.sent = 0
+            pending = self.streaming
+        if pending:  # a repair round starts over: say so instead of appending twice
+            self._append(REVISING)
+
+    def _send(self, text: str) -> None:
+        if not self.streaming:
+            return super()._send(text)
+        with self._lock:
+            piece, self.sent = text[self.sent:], len(text)
+        if piece:
+            self._append(render.preview(piece))
+
+    def _append(self, markdown: str) -> None:
+        try:
+            self.ctx.client.chat_appendStream(channel=self.channel, ts=self.ts,
+                                              markdown_text=markdown)
+            self.updates += 1
+        except SlackApiError as exc:
+            log.info("stream append refused (%s); previewing with chat.update",
+                     slack_error(exc))
+            self.streaming = False
+            self._edit(blocks.progress_text(self.text))
+
+    def finish(self) -> None:
+        if not self.streaming:
+            return
+        self.streaming = False
+        try:
+            self.ctx.client.chat_stopStream(channel=self.channel, ts=self.ts)
+        except SlackApiError as exc:  # the final chat.update replaces the message anyway
+            log.info("could not stop the stream: %s", slack_error(exc))
+
+
+def team_id(ctx: BotContext) -> str | None:
+    """The workspace id streaming needs (recipient_team_id), asked once per process."""
+    if "team_id" not in ctx.extra:
+        try:
+            ctx.extra["team_id"] = ctx.client.auth_test().get("team_id")
+        except SlackApiError as exc:
+            log.info("auth.test failed (%s); drafting without streaming", slack_error(exc))
+            return None
+    return ctx.extra["team_id"]
 
 
 @dataclass
@@ -93,36 +183,42 @@ class DraftOutcome:
 
 def draft_in_thread(
     ctx: BotContext, *, channel: str, thread_ts: str, request: str, requester: str,
-    on_request: Callable[[], None] | None = None,
 ) -> DraftOutcome:
-    """Post a placeholder in the thread, generate, stream, and finish with the draft.
-    `on_request` is called when the provider request is about to be sent."""
+    """Open a streamed reply in the thread (or post a placeholder where Slack refuses
+    streaming), generate, stream, and finish with the draft."""
     client = ctx.client
-    reply = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=PLACEHOLDER)
-    reply_ts = reply["ts"]
+    preview: StreamingPreview | None = SlackStreamPreview.start(
+        ctx, channel=channel, thread_ts=thread_ts, requester=requester, team_id=team_id(ctx))
+    if preview is None:
+        reply = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=PLACEHOLDER)
+        preview = StreamingPreview(ctx, channel, reply["ts"])
+    reply_ts = preview.ts
     try:
         row = start_generation(ctx.services, request, requester, slack_channel=channel,
-                               slack_thread_ts=thread_ts, slack_ts=reply_ts, claim=True)
+                               slack_thread_ts=thread_ts, slack_ts=reply_ts)
     except RequestRejected as exc:
-        client.chat_update(channel=channel, ts=reply_ts, text=str(exc))
+        preview.finish()
+        client.chat_update(channel=channel, ts=reply_ts, text=render.mrkdwn(exc))
         return DraftOutcome(reply_ts, None, str(exc))
     except Exception:
         log.exception("could not store the request for a draft")
         text = (":x: I couldn't save this request, so no draft was started. Try `/sop` again; "
                 "if it keeps failing, ask an admin to check the bot's log.")
+        preview.finish()
         client.chat_update(channel=channel, ts=reply_ts, text=text)
         return DraftOutcome(reply_ts, None, text)
     assert row.id is not None
-    preview = StreamingPreview(ctx, channel, reply_ts)
     try:
         result = run_generation(ctx.services, row.id, on_delta=preview.on_delta,
-                                on_reset=preview.on_reset, claimed=row, on_request=on_request)
+                                on_reset=preview.on_reset)
     except Exception:
         log.exception("generation %s crashed", row.id)
         text = (f":x: Something went wrong while drafting (draft #{row.id}). Try `/sop` "
                 "again; if it keeps failing, ask an admin to check the bot's log.")
+        preview.finish()
         client.chat_update(channel=channel, ts=reply_ts, text=text)
         return DraftOutcome(reply_ts, None, text)
+    preview.finish()
     publish_result(ctx, channel=channel, thread_ts=thread_ts, reply_ts=reply_ts, result=result)
     return DraftOutcome(reply_ts, result)
 
@@ -139,16 +235,16 @@ def publish_result(
     if not result.ok or result.sop is None:
         reason = result.error or "The model returned nothing usable."
         client.chat_update(channel=channel, ts=reply_ts,
-                           text=f":x: I couldn't draft this SOP. {reason}")
+                           text=f":x: I couldn't draft this SOP. {render.mrkdwn(reason)}")
         return
     structure = sop_format.render_structure(result.sop, ctx.services.template)
-    meta = {
+    meta: dict[str, Any] = {
         "findings": list(result.findings), "compliant": result.compliant, "model": result.model,
         "mode": result.mode, "draft_notice": result.draft_notice,
         "generation_id": result.generation_id,
     }
-    fallback = blocks.plain(f"SOP draft: {structure.get('title') or 'untitled'} "
-                            "(DRAFT, review before use)")
+    fallback = blocks.plain(f"SOP draft: {render.mrkdwn(structure.get('title') or 'untitled')}"
+                            " (DRAFT, review before use)")
     messages = blocks.draft_messages(structure, **meta)
     if len(messages) <= blocks.MAX_DRAFT_MESSAGES:
         try:
@@ -179,4 +275,4 @@ def upload_text_file(
     ctx: BotContext, *, channel: str, thread_ts: str, text: str, filename: str, title: str,
 ) -> None:
     ctx.client.files_upload_v2(channel=channel, thread_ts=thread_ts, content=text,
-                               filename=filename, title=title)
+                               filename=render.plain(filename), title=render.plain(title))

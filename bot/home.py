@@ -28,7 +28,8 @@ def on_home_opened(body: dict, *, ctx: BotContext) -> None:
     publish_home(ctx, user)
 
 
-def publish_home(ctx: BotContext, user: str) -> None:
+def publish_home(ctx: BotContext, user: str, *, notice: str | None = None) -> None:
+    """Publish App Home for `user`; `notice` (the outcome of a button they clicked) on top."""
     is_admin = ctx.is_admin(user)
     report = None
     if is_admin:
@@ -36,6 +37,7 @@ def publish_home(ctx: BotContext, user: str) -> None:
 
         report = status_dict(ctx)
     try:
-        ctx.client.views_publish(user_id=user, view=blocks.home_view(report, is_admin=is_admin))
+        ctx.client.views_publish(user_id=user, view=blocks.home_view(report, is_admin=is_admin,
+                                                                    notice=notice))
     except SlackApiError as exc:
         log.warning("App Home for %s not published: %s", user, slack_error(exc))

@@ -51,7 +51,6 @@ def on_reaction_added(body: dict, *, ctx: BotContext) -> None:
     event = body["event"]
     if not _relevant(ctx, event):
         return
-    ctx.drafts_first.wait_turn()
     user, item, key = event.get("user"), event["item"], _event_key(body, event)
     if not ctx.is_approver(user):
         if ctx.claim(key):
@@ -66,7 +65,6 @@ def on_reaction_removed(body: dict, *, ctx: BotContext) -> None:
     event = body["event"]
     if not _relevant(ctx, event):
         return
-    ctx.drafts_first.wait_turn()
     if not ctx.claim(_event_key(body, event)):
         return
     user, item = event.get("user"), event["item"]

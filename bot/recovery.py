@@ -11,15 +11,36 @@ import logging
 from slack_sdk.errors import SlackApiError
 
 from bot.runtime import BotContext
-from sop_pipeline.generation.recovery import fail_abandoned_drafts
+from sop_pipeline.generation.recovery import fail_abandoned_drafts, fail_own_drafts
 
 log = logging.getLogger(__name__)
 RECOVERY_INTERVAL_MINUTES = 5
 
 
 def recover_abandoned_drafts(ctx: BotContext) -> int:
-    """Fail abandoned drafts and replace their placeholders; returns how many were found."""
-    drafts = fail_abandoned_drafts(ctx.services)
+    """Fail abandoned drafts and replace their placeholders, and post approval confirmations
+    a crash left owed; returns how many drafts were found. At start-up this catches every
+    draft of a previous start of this process at once (its start id differs), with or
+    without the scheduler."""
+    from bot.approvals import post_owed_confirmations
+
+    count = _tell_threads(ctx, fail_abandoned_drafts(ctx.services))
+    try:
+        posted = post_owed_confirmations(ctx)
+    except Exception:  # noqa: BLE001 - drafts were recovered; confirmations retry next sweep
+        log.exception("posting owed approval confirmations failed")
+        posted = 0
+    if posted:
+        log.info("posted %d approval confirmation(s) a crash left owed", posted)
+    return count
+
+
+def fail_drafts_in_progress(ctx: BotContext) -> int:
+    """Shutting down: this process's unfinished drafts are failed, their threads told."""
+    return _tell_threads(ctx, fail_own_drafts(ctx.services))
+
+
+def _tell_threads(ctx: BotContext, drafts: list) -> int:
     for draft in drafts:
         if not (draft.slack_channel and draft.slack_ts):
             continue

@@ -11,8 +11,18 @@ instances on one PostgreSQL cannot race past it with read-then-write.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum, nonmember
 
-from sqlalchemy import JSON, Column, DateTime, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -51,7 +61,9 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class ExampleStatus:
+class ExampleStatus(StrEnum):
+    """Status of a training example (stored as its text value)."""
+
     APPROVED = "approved"
     RETRACTED = "retracted"
 
@@ -60,7 +72,11 @@ class TrainingExample(SQLModel, table=True):
     """An approved SOP: the prompt a user would type and the canonical SOP text."""
 
     __tablename__ = "training_example"
-    __table_args__ = (UniqueConstraint("slack_channel", "slack_ts", name="uq_example_slack_msg"),)
+    __table_args__ = (
+        UniqueConstraint("slack_channel", "slack_ts", name="uq_example_slack_msg"),
+        # Counts read only this index (the hold-out rule needs the hash), never the texts.
+        Index("ix_training_example_status_hash", "status", "content_hash", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     prompt: str = Field(sa_column=Column(Text, nullable=False))
@@ -102,7 +118,7 @@ class Generation(SQLModel, table=True):
     draft_text: str | None = Field(default=None, sa_column=Column(Text))
     status: str = Field(default="pending", index=True, max_length=20)
     # pending | streaming | completed | failed | rejected
-    worker: str | None = Field(default=None, max_length=120)  # host:pid drafting it
+    worker: str | None = Field(default=None, max_length=120)  # host:pid:start drafting it
     error: str | None = Field(default=None, sa_column=Column(Text))
     slack_channel: str | None = Field(default=None, max_length=32, index=True)
     slack_thread_ts: str | None = Field(default=None, max_length=32)
@@ -127,12 +143,16 @@ class DatasetSnapshot(SQLModel, table=True):
     estimated_epochs: int = 0
     estimated_cost_usd: float = 0.0
     system_prompt: str = Field(default="", sa_column=Column(Text))
-    train_path: str | None = None
-    validation_path: str | None = None
+    # The exact JSONL bytes, gzip-compressed, so any instance can upload them (issue 18.1);
+    # NULL only for a snapshot whose files were already gone when they moved here (0002_llm).
+    train_jsonl_gz: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    validation_jsonl_gz: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class RunState:
+class RunState(StrEnum):
+    """State of a training run (stored as its text value; see `training.lifecycle`)."""
+
     PREPARING = "preparing"
     UPLOADING = "uploading"
     VALIDATING_FILES = "validating_files"
@@ -145,8 +165,10 @@ class RunState:
     PROMOTED = "promoted"
     REJECTED = "rejected"
 
-    ACTIVE = (PREPARING, UPLOADING, VALIDATING_FILES, QUEUED, RUNNING, SUCCEEDED, EVALUATING)
-    TERMINAL = (FAILED, CANCELLED, PROMOTED, REJECTED)
+    # groups, not members (nonmember): their items are the plain values, equal to the members
+    ACTIVE = nonmember(
+        (PREPARING, UPLOADING, VALIDATING_FILES, QUEUED, RUNNING, SUCCEEDED, EVALUATING))
+    TERMINAL = nonmember((FAILED, CANCELLED, PROMOTED, REJECTED))
 
 
 class TrainingRun(SQLModel, table=True):
@@ -180,6 +202,10 @@ class TrainingRun(SQLModel, table=True):
     eval_scores: dict = Field(default_factory=empty_dict, sa_column=Column(JSON))
     chart_path: str | None = None
     chart_url: str | None = None  # where admins can open the loss chart (Slack permalink)
+    # The run's one admin-channel message (ts), and the state it last showed: after a restart
+    # the same message is edited, and one that was never posted (or fell behind) is posted.
+    admin_message_ts: str | None = Field(default=None, max_length=32)
+    admin_message_state: str | None = Field(default=None, max_length=20)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -244,6 +270,26 @@ class ProcessedEvent(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ApprovalConfirmation(SQLModel, table=True):
+    """What an approval owes Slack after its commit, as its own step: written in the approval's
+    transaction (keyed like its claim), marked posted once Slack has the confirmation, so a
+    crash in between is answered on Slack's redelivery or at the next start."""
+
+    __tablename__ = "approval_confirmation"
+
+    key: str = Field(primary_key=True, max_length=200)
+    channel: str = Field(max_length=32)
+    thread_ts: str = Field(max_length=32)
+    reacted_ts: str = Field(max_length=32)
+    approver: str = Field(max_length=32)
+    status: str = Field(max_length=20)  # an ApprovalStatus value
+    example_id: int | None = None
+    findings_text: str | None = Field(default=None, sa_column=Column(Text))
+    worker: str | None = Field(default=None, max_length=120)  # the process start posting it
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    posted_at: datetime | None = Field(default=None, index=True, sa_type=UTCDateTime)
 
 
 class SchedulerLease(SQLModel, table=True):

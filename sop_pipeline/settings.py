@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -86,8 +86,6 @@ class Settings(BaseSettings):
     fine_tune_seed: int | None = 42
     fine_tune_suffix: str = "sop-bot"
     max_training_cost_usd: float = Field(25.0, ge=0)
-    fine_tune_cutoff_date: date = date(2027, 1, 6)
-    base_model_shutdown_date: date = date(2027, 1, 14)
     deprecation_warning_days: int = Field(30, ge=0)
 
     # --- Azure OpenAI ----------------------------------------------------------------
@@ -129,6 +127,74 @@ class Settings(BaseSettings):
     sop_watched_channels: CommaList = Field(default_factory=list)
     sop_admin_channel: str | None = None
     slack_update_interval_seconds: float = Field(1.0, ge=0)
+
+    # --- serving: worker pool, shutdown, probes, Socket Mode health ----------------------
+    bot_worker_threads: int = Field(64, ge=1, le=1024)
+    shutdown_grace_seconds: float = Field(25.0, ge=0)
+    probe_port: int | None = Field(None, ge=1, le=65535)
+    socket_mode_ping_interval_seconds: float = Field(2.0, gt=0, le=60)
+    # A draft whose stream sends no text for this long is given up (SSE comments don't count)
+    sop_stream_idle_seconds: float = Field(30.0, gt=0)
+
+    # --- hostile input: outbound allowlist, quiet approvals -------------------------------
+    # A remote file (its url_private is off Slack): "refuse" with a sentence, or "fetch" it
+    # without credentials. The bot token only ever goes to Slack's own file hosts.
+    sop_remote_files: Literal["refuse", "fetch"] = "refuse"
+    sop_max_file_bytes: int = Field(5_000_000, ge=1)
+    # Approvals and retractions: a reaction plus an ephemeral note by default; True adds a
+    # public reply in the thread as well.
+    sop_approval_public_reply: bool = False
+
+    # --- model versions: the gate's evidence rule ------------------------------------------
+    eval_min_prompts: int = Field(3, ge=1)
+    eval_template_prompts: bool = True
+
+    # --- retrieval at library scale -------------------------------------------------------
+    sop_embeddings_model: str | None = None
+    sop_embeddings_base_url: str | None = None
+    db_pool_size: int | None = Field(None, ge=1)
+    db_pool_timeout_seconds: float = Field(10.0, gt=0)
+
+    # --- fine-tuning backends: open weights and Azure deployments --------------------------
+    local_max_seq_tokens: int = Field(4096, ge=128)
+    local_long_examples: Literal["truncate", "refuse"] = "truncate"
+    local_base_gguf_file: str | None = None
+    local_cpu_max_params_m: int = Field(1000, ge=1)
+    local_server: Literal["vllm", "ollama"] = "vllm"
+    local_server_adapter_dir: str | None = None
+    local_ollama_base: str | None = None
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_openai_account: str | None = None
+    azure_management_url: str = "https://management.azure.com"
+    azure_training_type: Literal["standard", "globalstandard", "developer"] = "standard"
+    azure_deployment_sku: Literal["Standard", "GlobalStandard", "DeveloperTier"] = "Standard"
+    azure_deployment_capacity: int = Field(1, ge=1)
+    azure_deployment_wait_seconds: int = Field(1800, ge=0)
+    azure_keep_old_deployments: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, values: object) -> object:
+        """`NAME=` in .env (as .env.example writes it) means "use the default", for every
+        setting: without this an empty SOP_TEMPLATE became the path "." and start-up died."""
+        if not isinstance(values, dict):
+            return values
+        return {key: value for key, value in values.items()
+                if not (isinstance(value, str) and not value.strip())}
+
+    @field_validator("fine_tune_seed", mode="before")
+    @classmethod
+    def _seed(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+            return None  # the provider chooses
+        return value
+
+    @property
+    def database_pool_size(self) -> int:
+        """Connections per process: one per worker thread (a thread holds at most one at a
+        time), plus a few for the scheduler and start-up, so no request waits for another's."""
+        return self.db_pool_size or self.bot_worker_threads + 4
 
     @field_validator(
         "sop_redact_patterns",
@@ -203,7 +269,7 @@ class Settings(BaseSettings):
         return value.get_secret_value() if value is not None else None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     name = str(error["loc"][0]).upper() if error.get("loc") else "a setting"
     given = error.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:60]!r})"
@@ -211,9 +277,10 @@ def _describe(error: dict) -> str:
     return f"{name} is not valid{shown}: {reason}. Fix it in the environment or in .env."
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Build the one Settings object, turning validation errors into readable sentences."""
     try:
+        # _env_file is BaseSettings' own init argument, which pydantic's field-based signature hides
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise SettingsError(" ".join(_describe(e) for e in exc.errors())) from None

@@ -96,6 +96,8 @@ def test_killed_while_starting_then_restarted_creates_one_job(
     run, _ = the_run(env, tmp_path, fake_openai)
     assert run.provider_job_id, restarted.stdout
     assert len(created_jobs(fake_openai)) == 1 and list(fake_openai.jobs) == [run.provider_job_id]
+    assert list(fake_openai.files) == [run.train_file_id]  # one file per snapshot, no orphan
+    assert fake_openai.files[run.train_file_id]["filename"].startswith("sop-bot-")
 
     fake_openai.add_metrics(run.provider_job_id, step=1, train_loss=1.0)
     fake_openai.succeed_job(run.provider_job_id)
@@ -104,7 +106,7 @@ def test_killed_while_starting_then_restarted_creates_one_job(
 
     run, versions = the_run(env, tmp_path, fake_openai)
     assert run.state == RunState.PROMOTED, finished.stdout
-    assert [v.status for v in versions] == ["active"]
+    assert [v.status for v in versions if v.backend != "base"] == ["active"]
     assert len(created_jobs(fake_openai)) == 1
     fake_openai.assert_contract_ok()
 
@@ -130,6 +132,57 @@ def test_killed_while_finishing_then_restarted_promotes_once(
 
     run, versions = the_run(env, tmp_path, fake_openai)
     assert run.state == RunState.PROMOTED
-    assert [v.status for v in versions] == ["active"]
+    assert [v.status for v in versions if v.backend != "base"] == ["active"]
     assert len(created_jobs(fake_openai)) == 1
+    fake_openai.assert_contract_ok()
+
+
+# --- the bot itself: killed mid-run by its own scheduler, restarted, resumes in seconds --------
+
+
+@pytest.mark.parametrize("crash_at", ["train_uploaded", "job_created"])
+def test_a_restarted_bot_takes_over_the_dead_ones_lease_and_resumes_in_seconds(
+    database_url: str, tmp_path: Path, fake_openai, fake_slack, crash_at: str  # noqa: ANN001
+) -> None:
+    """The bot's start-up poll advances a run and dies during the upload or the job creation
+    (SIGKILL: its lease row stays behind, valid for 10 minutes). The restarted bot sees the
+    lease holder's process is gone, takes the lease at once and finishes starting the run:
+    one file for the snapshot and one job at the provider."""
+    from tests.support.bot_process import BotProcess, bot_env, free_port
+    from tests.support.waiting import wait_until
+
+    data_dir = tmp_path / "data"
+    services = make_services(training_settings(database_url, data_dir, fake_openai))
+    try:
+        approve(services, 10)
+        from sop_pipeline.training import lifecycle
+
+        started = lifecycle.start_run(services, trigger="cli", force=True)  # not advanced yet
+        assert started.run is not None, started.summary
+    finally:
+        services.engine.dispose()
+    env = bot_env(database_url=database_url, data_dir=data_dir, slack_url=fake_slack.base_url,
+                  bot_token=fake_slack.bot_token, openai_url=fake_openai.base_url,
+                  port=free_port(), scheduler_enabled="true", scheduler_lease_seconds="600",
+                  training_poll_seconds="300", eval_share="0", log_level="WARNING")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+
+    crashed = subprocess.run([sys.executable, "-m", "bot"], cwd=workdir, capture_output=True,
+                             text=True, timeout=120, env={**env, "SOP_BOT_CRASH_AT": crash_at})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert len(fake_openai.files) == 1  # it did upload before dying
+
+    bot = BotProcess(env, workdir).start()
+    try:
+        def job_stored() -> TrainingRun | None:
+            run, _ = the_run(env, tmp_path, fake_openai)
+            return run if run.provider_job_id else None
+
+        run = wait_until(job_stored, timeout=30, interval=0.2,
+                         what="the restarted bot to resume the run (lease: 600 s)")
+    finally:
+        bot.stop()
+    assert list(fake_openai.files) == [run.train_file_id]
+    assert len(created_jobs(fake_openai)) == 1 and list(fake_openai.jobs) == [run.provider_job_id]
     fake_openai.assert_contract_ok()

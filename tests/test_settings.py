@@ -47,7 +47,9 @@ def test_defaults_match_the_brief() -> None:
     assert settings.sop_system_prompt == (
         "You are a Quality analyst who writes Standard Operating Procedures (SOPs)."
     )
-    assert settings.fine_tune_cutoff_date.isoformat() == "2027-01-06"
+    from sop_pipeline.training.sunset import window
+
+    assert window("openai", settings.sop_base_model).last_training_day.isoformat() == "2027-01-06"
 
 
 @pytest.mark.parametrize(
@@ -94,3 +96,22 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_json_list_allows_regexes_with_commas(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOP_REDACT_PATTERNS", '["email", "LOT-\\\\d{3,4}"]')
     assert load_settings(env_file=None).sop_redact_patterns == ["email", "LOT-\\d{3,4}"]
+
+
+def test_an_empty_value_means_unset_for_every_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.env.example` as shipped writes `NAME=` for optional settings: each is the default,
+    never an empty path ("." for SOP_TEMPLATE) or an empty list item."""
+    for name in _documented_variables():
+        monkeypatch.delenv(name, raising=False)
+    env = tmp_path / ".env"
+    env.write_text("\n".join(f"{name}=" for name in _documented_variables()) + "\n")
+    settings = load_settings(env_file=env)
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.model_dump() == defaults.model_dump()
+    assert settings.sop_template is None and settings.eval_prompts_file is None
+    monkeypatch.setenv("SOP_TEMPLATE", "  ")
+    monkeypatch.setenv("FINE_TUNE_SEED", "auto")
+    settings = load_settings(env_file=env)
+    assert settings.sop_template is None and settings.fine_tune_seed is None

@@ -58,18 +58,40 @@ def test_retrain_starts_a_run_and_answers_with_the_snapshot(bot, fake_slack) -> 
     with bot.ctx.services.session() as session:
         [run] = list(session.exec(select(TrainingRun)))
     assert run.trigger == "manual" and run.requested_by == ADMIN
-    final = fake_slack.responses[-1]
+    [final] = fake_slack.responses  # one answer, after the check
     assert final["response_type"] == "ephemeral"
-    assert f"Run id: #{run.id}" in final["text"]
-    assert "Estimated cost: $" in final["text"]
+    assert final["text"].startswith(f":rocket: Training run #{run.id} started on 10 examples")
+    assert "estimated cost $" in final["text"]
     assert f"<#{ADMIN_CHANNEL}>" in final["text"]
+
+
+def test_a_second_retrain_gets_one_answer_in_words(bot, fake_slack) -> None:  # noqa: ANN001
+    from sop_pipeline.models import RunState
+
+    _approve_all(bot, fake_slack, TEN)
+    bot.slack.command("/sop-retrain", user=ADMIN, channel=CHANNEL)
+    bot.wait()
+    with bot.ctx.services.session() as session:
+        [run] = list(session.exec(select(TrainingRun)))
+        run.state = RunState.VALIDATING_FILES
+        session.add(run)
+        session.commit()
+    before = len(fake_slack.responses)
+    bot.slack.command("/sop-retrain", user=ADMIN, channel=CHANNEL)
+    bot.wait()
+    [answer] = fake_slack.responses[before:]
+    assert answer["text"].startswith(
+        f":information_source: No new run started: training run #{run.id} is waiting for "
+        "the provider to check the training data since ")
+    words = answer["text"].removeprefix(":information_source:")
+    assert "validating" not in words and "_" not in words
 
 
 def test_retrain_with_nothing_to_train_says_why(bot, fake_slack) -> None:  # noqa: ANN001
     bot.slack.command("/sop-retrain", user=ADMIN, channel=CHANNEL)
     bot.wait()
-    assert fake_slack.responses[-1]["text"].startswith(
-        ":information_source: No training run was started.")
+    [answer] = fake_slack.responses
+    assert answer["text"].startswith(":information_source: No training run was started.")
 
 
 def test_status_shows_model_examples_runs_and_cutoff(bot, fake_slack) -> None:  # noqa: ANN001
@@ -204,3 +226,207 @@ def _snapshot_id(services) -> int:  # noqa: ANN001
         session.add(snapshot)
         session.commit()
         return snapshot.id
+
+
+def _run_row(services, snapshot_id: int, **values) -> int:  # noqa: ANN001
+    with services.session() as session:
+        run = TrainingRun(snapshot_id=snapshot_id, **values)
+        session.add(run)
+        session.commit()
+        return run.id
+
+
+def test_a_run_message_survives_a_restart_and_a_lost_post_is_posted_at_start(
+    bot, fake_slack  # noqa: ANN001
+) -> None:
+    """The run's message ts is stored: a new notifier (a restarted bot) edits the same
+    message; a run whose message was never posted (crash after the commit) is posted by
+    `recover()`, once."""
+    services = bot.ctx.services
+    snapshot = _snapshot_id(services)
+    run_id = _run_row(services, snapshot, state="running", trigger="manual", requested_by=ADMIN,
+                      provider_job_id="ftjob-1")
+    first = SlackNotifier(bot.ctx.client, ADMIN_CHANNEL, services=services)
+    first.notify(Notification(kind="run_progress", text="x", run_id=run_id))
+    [message] = fake_slack.top_level(ADMIN_CHANNEL)
+    assert message["text"] == f":hourglass_flowing_sand: Training run #{run_id}: training"
+    assert f"by <@{ADMIN}>" in str(message["blocks"])
+
+    with services.session() as session:
+        row = session.get(TrainingRun, run_id)
+        row.state, row.active_lock = "failed", None
+        row.error_message = "The training file has an invalid format on line 3."
+        session.add(row)
+        session.commit()
+    lost = _run_row(services, snapshot, state="cancelled", active_lock=None, trigger="schedule",
+                    error_message="Cancelled by UADMIN001.")
+    restarted = SlackNotifier(bot.ctx.client, ADMIN_CHANNEL, services=services)
+    restarted.recover()
+    restarted.recover()  # nothing left to do the second time
+
+    messages = fake_slack.top_level(ADMIN_CHANNEL)
+    assert [m["ts"] for m in messages][0] == message["ts"] and len(messages) == 2
+    failed = str(messages[0]["blocks"])
+    assert "stopped: training did not complete" in failed
+    assert "the current model stays in use" in failed and "invalid format on line 3" in failed
+    assert "failed" not in messages[0]["text"].split(":", 2)[-1].split()  # words, not codes
+    assert f"Training run #{lost}: cancelled" in messages[1]["text"]
+    assert len(fake_slack.calls_to("chat.update")) == 1
+    fake_slack.assert_contract_ok()
+
+
+# --- admin model switches: Roll back / Use base model, with a confirmation -------------------
+
+FT_MODEL = "ft:gpt-4o-mini-2024-07-18:acme:sop:first1"
+
+
+@pytest.fixture
+def admin_bot(database_url, tmp_path, fake_openai, fake_slack):  # noqa: ANN001, ANN201
+    """The bot with its notifier posting to the admin channel, as `sop-bot run` wires it."""
+    from sop_pipeline.notifications import FanOutNotifier, RecordingNotifier
+
+    notifier = FanOutNotifier(RecordingNotifier())
+    factory = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
+    harness = factory.start(sop_admins=[ADMIN], sop_approvers=[ADMIN],
+                            sop_admin_channel=ADMIN_CHANNEL)
+    notifier.notifiers.append(SlackNotifier(harness.ctx.client, ADMIN_CHANNEL))
+    yield harness
+    factory.close()
+
+
+def _promote_first_fine_tune(services, fake_openai) -> None:  # noqa: ANN001
+    from sop_pipeline import model_registry
+    from sop_pipeline.models import ModelVersion
+
+    fake_openai.register_model(FT_MODEL)
+    with services.session() as session:
+        version = ModelVersion(model_id=FT_MODEL)
+        session.add(version)
+        session.flush()
+        model_registry.activate(session, version, actor="system", action="promote")
+        session.commit()
+
+
+def _status_buttons(bot, fake: FakeSlack) -> dict[str, dict]:  # noqa: ANN001
+    bot.slack.command("/sop-status", user=ADMIN, channel=CHANNEL)
+    bot.wait()
+    actions = [b for b in fake.responses[-1]["blocks"] if b["type"] == "actions"]
+    return {e["action_id"]: e for a in actions for e in a["elements"]}
+
+
+def _assert_confirm_object(element: dict) -> None:
+    """Block Kit's confirm object: plain_text title/confirm/deny, text, within the limits."""
+    dialog = element["confirm"]
+    assert dialog["title"]["type"] == "plain_text" and len(dialog["title"]["text"]) <= 100
+    assert dialog["text"]["type"] in ("plain_text", "mrkdwn") and len(dialog["text"]["text"]) <= 300
+    for key in ("confirm", "deny"):
+        assert dialog[key]["type"] == "plain_text" and len(dialog[key]["text"]) <= 30
+    assert dialog.get("style", "danger") in ("danger", "primary")
+
+
+def test_status_offers_rollback_and_base_with_a_confirmation_and_rollback_reaches_slack(
+    admin_bot, fake_slack, fake_openai  # noqa: ANN001
+) -> None:
+    from sop_pipeline import audit, model_registry
+
+    bot, services = admin_bot, admin_bot.ctx.services
+    assert _status_buttons(bot, fake_slack) == {}  # nothing to roll back to yet: no buttons
+    _promote_first_fine_tune(services, fake_openai)
+
+    buttons = _status_buttons(bot, fake_slack)
+    assert set(buttons) == {blocks.MODEL_ROLLBACK_ACTION, blocks.MODEL_BASE_ACTION}
+    for element in buttons.values():
+        _assert_confirm_object(element)
+    base = services.settings.sop_base_model
+    assert f"back to `base model {base} + retrieval`" in \
+        buttons[blocks.MODEL_ROLLBACK_ACTION]["confirm"]["text"]["text"]
+
+    rollback = buttons[blocks.MODEL_ROLLBACK_ACTION]
+    bot.slack.action(rollback["action_id"], rollback["value"], user=ADMIN, channel=CHANNEL,
+                     message_ts="1.000001")
+    bot.wait()
+
+    answer = fake_slack.responses[-1]
+    assert answer["replace_original"] is True
+    assert answer["text"] == (f":rewind: Rolled back: drafts now use base model {base} + "
+                              f"retrieval (was {FT_MODEL}). Announced in <#{ADMIN_CHANNEL}>.")
+    assert "*Active model:* none fine-tuned yet" in str(answer["blocks"])
+    [announced] = fake_slack.top_level(ADMIN_CHANNEL)
+    assert announced["text"] == (f":rewind: Model rolled back by <@{ADMIN}>: drafts now use "
+                                 f"base model {base} + retrieval (was {FT_MODEL}). Reason: "
+                                 "from Slack")
+    with services.session() as session:
+        assert model_registry.active_model(session) is None
+        [event] = audit.events(session, action="rollback")
+    assert (event.actor, event.old_value, event.new_value) == (ADMIN, FT_MODEL, "base")
+
+    bot.slack.command("/sop", REQUEST, user="UREQ00001", channel=CHANNEL)
+    bot.wait()
+    assert fake_openai.requests_to("/chat/completions")[-1].json["model"] == base
+
+    # the same click delivered again (or an old status message) switches nothing
+    bot.slack.action(rollback["action_id"], rollback["value"], user=ADMIN, channel=CHANNEL,
+                     message_ts="1.000001")
+    bot.wait()
+    assert "nothing was switched" in fake_slack.responses[-1]["text"]
+    assert len(fake_slack.top_level(ADMIN_CHANNEL)) == 1
+
+
+def test_only_admins_can_switch_models(admin_bot, fake_slack, fake_openai) -> None:  # noqa: ANN001
+    from sop_pipeline import model_registry
+
+    bot, services = admin_bot, admin_bot.ctx.services
+    _promote_first_fine_tune(services, fake_openai)
+    base_button = _status_buttons(bot, fake_slack)[blocks.MODEL_BASE_ACTION]
+
+    bot.slack.action(base_button["action_id"], base_button["value"], user="UNOBODY01",
+                     channel=CHANNEL, message_ts="1.000001")
+    bot.wait()
+
+    assert "Only SOP Bot admins can switch models" in fake_slack.responses[-1]["text"]
+    assert fake_slack.responses[-1]["replace_original"] is False
+    assert fake_slack.top_level(ADMIN_CHANNEL) == []
+    with services.session() as session:
+        assert model_registry.active_model(session).model_id == FT_MODEL
+
+
+def test_app_home_use_base_model_switches_and_publishes_the_new_state(
+    admin_bot, fake_slack, fake_openai  # noqa: ANN001
+) -> None:
+    import json
+    from urllib.parse import urlencode
+
+    from sop_pipeline import model_registry
+
+    bot, services = admin_bot, admin_bot.ctx.services
+    _promote_first_fine_tune(services, fake_openai)
+    bot.slack.event({"type": "app_home_opened", "user": ADMIN, "channel": "D0001",
+                     "tab": "home", "event_ts": "1.1"})
+    bot.wait()
+    [actions] = [b for b in fake_slack.views[ADMIN]["blocks"] if b["type"] == "actions"]
+    [base_button] = [e for e in actions["elements"]
+                     if e["action_id"] == blocks.MODEL_BASE_ACTION]
+    _assert_confirm_object(base_button)
+
+    payload = {  # a click in App Home: a view container, no channel, no response_url
+        "type": "block_actions", "team": {"id": "T00000001"},
+        "user": {"id": ADMIN, "username": "admin", "team_id": "T00000001"},
+        "api_app_id": "A00000001", "token": "legacy-verification-token",
+        "container": {"type": "view", "view_id": "V0001"}, "trigger_id": "trigger.home",
+        "view": {"id": "V0001", "type": "home", "blocks": fake_slack.views[ADMIN]["blocks"]},
+        "actions": [{"action_id": base_button["action_id"], "block_id": "sop_model_actions",
+                     "value": base_button["value"], "type": "button",
+                     "action_ts": "1763000000.000001"}],
+    }
+    bot.slack.post(urlencode({"payload": json.dumps(payload)}),
+                   "application/x-www-form-urlencoded")
+    bot.wait()
+
+    home = fake_slack.views[ADMIN]["blocks"]
+    assert home[0]["text"]["text"].startswith(":arrows_counterclockwise: Drafts now use the "
+                                              "base model")
+    assert "*Active model:* none fine-tuned yet" in str(home)
+    [announced] = fake_slack.top_level(ADMIN_CHANNEL)
+    assert announced["text"].startswith(f":arrows_counterclockwise: Model switched by <@{ADMIN}>")
+    with services.session() as session:
+        assert model_registry.active_model(session) is None

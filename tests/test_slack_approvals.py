@@ -57,11 +57,32 @@ def test_an_approvers_check_mark_adds_the_sop_as_a_training_example(bot, fake_sl
     assert example.approver == APPROVER and example.author == AUTHOR
     assert example.prompt.startswith("Write an SOP for")
     assert example.sop_text.startswith("Title: Standard Cleaning Procedure")
-    [reply] = fake_slack.replies(CHANNEL, ts)
-    assert reply["text"] == (f"Added as training example #{example.id} "
-                             "(1 of 10 new examples toward the next retrain).")
+    # quietly: a reaction on the message and a note only the approver sees, no thread reply
+    assert fake_slack.replies(CHANNEL, ts) == []
+    assert fake_slack.calls_to("chat.postMessage") == []
+    [note] = fake_slack.ephemerals_for(APPROVER)
+    assert note["text"] == (f"Added as training example #{example.id} "
+                            "(1 of 10 new examples toward the next retrain).")
     assert {"name": "inbox_tray", "users": [fake_slack.bot_user_id], "count": 1} in \
         fake_slack.message(CHANNEL, ts)["reactions"]
+
+
+def test_a_setting_adds_the_public_thread_reply(factory, fake_slack) -> None:  # noqa: ANN001
+    bot = factory.start(sop_approvers=[APPROVER], sop_approval_public_reply=True)
+    ts = fake_slack.user_posts(CHANNEL, AUTHOR, (SOPS / "09_autoclave_operation.txt").read_text())
+    approve(bot, fake_slack, ts)
+    [reply] = fake_slack.replies(CHANNEL, ts)
+    assert reply["text"].startswith("Added as training example #")
+    assert fake_slack.ephemerals_for(APPROVER) == []
+    user_unreacts(fake_slack, CHANNEL, ts, APPROVER)
+    bot.slack.reaction("reaction_removed", user=APPROVER, channel=CHANNEL, ts=ts)
+    bot.wait()
+    assert fake_slack.replies(CHANNEL, ts)[-1]["text"].startswith("Training example #")
+
+
+def confirmations_for(fake: FakeSlack, user: str = APPROVER) -> list[dict]:
+    return [e for e in fake.ephemerals_for(user)
+            if e["text"].startswith("Added as training example")]
 
 
 def test_approving_a_bot_draft_keeps_the_original_request_as_prompt(bot, fake_slack) -> None:  # noqa: ANN001
@@ -75,9 +96,8 @@ def test_approving_a_bot_draft_keeps_the_original_request_as_prompt(bot, fake_sl
     assert example.prompt == REQUEST
     assert example.generation_id is not None
     assert example.slack_ts == draft["ts"] and example.author == AUTHOR
-    confirmations = [m for m in fake_slack.replies(CHANNEL, parent["ts"])
-                     if m["text"].startswith("Added as training example")]
-    assert len(confirmations) == 1
+    assert len(confirmations_for(fake_slack)) == 1
+    assert [m["ts"] for m in fake_slack.replies(CHANNEL, parent["ts"])] == [draft["ts"]]
 
 
 def test_a_human_correction_in_the_drafts_thread_keeps_the_request_as_prompt(bot, fake_slack) -> None:  # noqa: ANN001, E501
@@ -99,7 +119,8 @@ def test_a_non_compliant_sop_gets_the_findings_and_is_not_stored(bot, fake_slack
     approve(bot, fake_slack, ts)
 
     assert examples(bot) == []
-    [reply] = fake_slack.replies(CHANNEL, ts)
+    assert fake_slack.replies(CHANNEL, ts) == []
+    [reply] = fake_slack.ephemerals_for(APPROVER)
     assert reply["text"].startswith(f"<@{APPROVER}> This SOP does not follow the house format")
     assert "❌" in reply["text"]
     assert not fake_slack.message(CHANNEL, ts).get("reactions", [])[1:]
@@ -123,7 +144,7 @@ def test_a_redelivered_event_adds_one_example_and_one_reply(bot, fake_slack) -> 
                                   event_id="Ev0SAME", retry_num=retry).status == 200
     bot.wait()
     assert len(examples(bot)) == 1
-    assert len(fake_slack.replies(CHANNEL, ts)) == 1
+    assert len(fake_slack.ephemerals_for(APPROVER)) == 1
 
 
 def test_the_same_message_approved_twice_gives_one_example_and_one_reply(factory, fake_slack) -> None:  # noqa: ANN001, E501
@@ -134,7 +155,7 @@ def test_the_same_message_approved_twice_gives_one_example_and_one_reply(factory
     approve(bot, fake_slack, ts, reaction="heavy_check_mark")  # not an approval emoji
 
     assert len(examples(bot)) == 1
-    assert len(fake_slack.replies(CHANNEL, ts)) == 1
+    assert len(confirmations_for(fake_slack)) == 1
     [note] = fake_slack.ephemerals_for("UAPPROVE2")
     assert "already training example" in note["text"]
 
@@ -150,7 +171,7 @@ def test_two_instances_receiving_the_same_event_reply_once(factory, fake_slack) 
     first.wait()
     second.wait()
     assert len(examples(first)) == 1
-    assert len(fake_slack.replies(CHANNEL, ts)) == 1
+    assert len(confirmations_for(fake_slack)) == 1
 
 
 def test_reactions_outside_watched_channels_and_on_files_are_ignored(bot, fake_slack) -> None:  # noqa: ANN001
@@ -188,7 +209,7 @@ def test_sops_attached_as_files_are_downloaded_with_the_bot_token(bot, fake_slac
     [example] = examples(bot)
     assert example.slack_ts == ts
     assert [token for _, token in fake_slack.downloads] == [fake_slack.bot_token]
-    assert fake_slack.replies(CHANNEL, ts)[0]["text"].startswith("Added as training example")
+    assert len(confirmations_for(fake_slack)) == 1
 
 
 def test_removing_the_check_mark_retracts_the_example(bot, fake_slack) -> None:  # noqa: ANN001
@@ -200,8 +221,11 @@ def test_removing_the_check_mark_retracts_the_example(bot, fake_slack) -> None: 
 
     [example] = examples(bot)
     assert example.status == ExampleStatus.RETRACTED and example.retracted_by == APPROVER
-    replies = fake_slack.replies(CHANNEL, ts)
-    assert replies[-1]["text"].startswith(f"Training example #{example.id} was retracted")
+    assert fake_slack.replies(CHANNEL, ts) == []
+    assert fake_slack.ephemerals_for(APPROVER)[-1]["text"].startswith(
+        f"Training example #{example.id} was retracted")
+    assert not fake_slack.message(CHANNEL, ts).get("reactions")  # the inbox_tray went too
+    assert fake_slack.calls_to("chat.postMessage") == []
     with bot.ctx.services.session() as session:
         assert [e.action for e in audit.events(session)] == ["approve", "retract"]
 
@@ -248,6 +272,4 @@ def test_the_approve_button_does_what_the_reaction_does(bot, fake_slack) -> None
     bot.wait()
     [example] = examples(bot)
     assert example.prompt == REQUEST and example.slack_ts == draft["ts"]
-    confirmations = [m for m in fake_slack.replies(CHANNEL, parent["ts"])
-                     if m["text"].startswith("Added as training example")]
-    assert len(confirmations) == 1
+    assert len(confirmations_for(fake_slack)) == 1

@@ -53,8 +53,11 @@ def manifest_scopes() -> set[str]:
 def test_the_bot_calls_the_web_api_methods_we_expect() -> None:
     assert used_api_methods() == {
         "chat.postMessage", "chat.update", "chat.postEphemeral", "conversations.history",
-        "conversations.replies", "reactions.add", "views.publish", "usergroups.users.list",
+        "conversations.replies", "reactions.add", "reactions.remove", "views.publish",
+        "usergroups.users.list",
         "files.getUploadURLExternal", "files.completeUploadExternal", "files.info",
+        # drafts stream as Slack AI apps do (auth.test: the team id streaming needs)
+        "chat.startStream", "chat.appendStream", "chat.stopStream", "auth.test",
     }
 
 

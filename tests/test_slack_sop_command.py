@@ -54,7 +54,8 @@ def test_sop_drafts_in_a_thread_with_blocks_and_buttons(make_bot, fake_slack, fa
     assert draft["blocks"][1]["type"] == "header"
     assert "Tablet Compression Machine" in draft["blocks"][1]["text"]["text"]
     assert "DRAFT" in text
-    assert "*5.0 Procedure*" in text and "5.1 Put 'OFF' the electric supply" in text
+    assert draft["blocks"][1]["text"]["text"].startswith("Title: ")
+    assert "*5.0 Procedure:*" in text and "5.1 Put 'OFF' the electric supply" in text
     assert "Follows the house format" in text
     assert "Model: `gpt-4o-mini-2024-07-18` · mode: retrieval" in text
     actions = [b for b in draft["blocks"] if b["type"] == "actions"][0]
@@ -69,7 +70,55 @@ def test_sop_drafts_in_a_thread_with_blocks_and_buttons(make_bot, fake_slack, fa
     assert fake_openai.requests_to("/chat/completions")[0].json["stream"] is True
 
 
+def test_the_draft_streams_into_the_thread_and_ends_as_the_house_format(  # noqa: ANN201
+        make_bot, fake_slack):  # noqa: ANN001
+    """Slack's streaming messages carry the preview; the same message then becomes the draft
+    exactly as `render_canonical` writes it (the text approved and exported)."""
+    bot = make_bot(slack_update_interval_seconds=0)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    [start] = fake_slack.calls_to("chat.startStream")
+    assert start.params["recipient_user_id"] == USER and start.params["recipient_team_id"]
+    assert fake_slack.calls_to("chat.appendStream")
+    assert len(fake_slack.calls_to("chat.stopStream")) == 1
+    assert not [c for c in fake_slack.calls_to("chat.postMessage") if c.params.get("thread_ts")]
+    _, [draft] = _draft_reply(fake_slack)
+    assert draft["ts"] == fake_slack.calls_to("chat.stopStream")[0].params["ts"]
+    with bot.ctx.services.session() as session:
+        row = session.get(Generation, 1)
+    shown = _block_texts(draft).replace("*", "")
+    for line in row.draft_text.splitlines():
+        assert line in shown, line
+    fake_slack.assert_contract_ok()
+
+
+def test_where_slack_refuses_streaming_the_preview_edits_a_placeholder(  # noqa: ANN201
+        make_bot, fake_slack):  # noqa: ANN001
+    fake_slack.refuse_streaming = "feature_not_enabled"
+    bot = make_bot(slack_update_interval_seconds=0)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    assert not fake_slack.calls_to("chat.appendStream")
+    _, [draft] = _draft_reply(fake_slack)
+    updates = fake_slack.calls_to("chat.update")
+    assert updates[0].params["text"].startswith(":hourglass_flowing_sand: Drafting")
+    assert "Title: " in _block_texts(draft)
+
+
+def test_an_append_refused_mid_draft_falls_back_to_chat_update(make_bot, fake_slack):  # noqa: ANN001
+    fake_slack.inject("chat.appendStream", "message_not_in_streaming_state")
+    bot = make_bot(slack_update_interval_seconds=0)
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    _, [draft] = _draft_reply(fake_slack)
+    previews = [c for c in fake_slack.calls_to("chat.update")
+                if c.params.get("ts") == draft["ts"] and not c.params.get("blocks")]
+    assert previews and previews[0].params["text"].startswith(":hourglass_flowing_sand:")
+    assert "Title: " in _block_texts(draft)
+
+
 def test_streaming_preview_updates_at_most_once_per_interval(make_bot, fake_slack):  # noqa: ANN001
+    fake_slack.refuse_streaming = "feature_not_enabled"
     clock = ManualClock()
     bot = make_bot(clock=clock, slack_update_interval_seconds=5)
     bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
@@ -85,9 +134,9 @@ def test_streaming_preview_follows_the_text_when_the_interval_is_zero(make_bot, 
     bot = make_bot(slack_update_interval_seconds=0)
     bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
     bot.wait()
-    previews = [c.params["text"] for c in fake_slack.calls_to("chat.update")][:-1]
-    assert len(previews) > 10
-    assert "6.0 Abbreviations" in previews[-1]
+    appended = [c.params["markdown_text"] for c in fake_slack.calls_to("chat.appendStream")]
+    assert len(appended) > 10
+    assert "6.0 Abbreviations" in "".join(appended)
 
 
 def test_empty_request_gets_a_usage_hint_and_posts_nothing(make_bot, fake_slack):  # noqa: ANN001
@@ -162,6 +211,7 @@ def test_a_failed_generation_edits_the_reply_into_a_sentence(make_bot, fake_slac
 def test_fifty_drafts_stream_in_parallel(make_bot, fake_slack):  # noqa: ANN001
     """Each draft's first streamed preview waits on a barrier for all 50: if drafting were
     serialised anywhere, the barrier would break and the previews would fail."""
+    fake_slack.refuse_streaming = "feature_not_enabled"
     bot = make_bot(openai_timeout_seconds=60, slack_update_interval_seconds=1000)
     barrier = threading.Barrier(50, timeout=30)
     passed: list[int] = []
@@ -205,33 +255,3 @@ def test_draft_blocks_respect_slack_limits() -> None:
     assert messages[-1][-1]["type"] == "actions"
     joined = "".join(b["text"]["text"] for m in messages for b in m if b["type"] == "section")
     assert joined.count("Wipe the surface") == 39 * 400
-
-
-def test_a_draft_holds_approvals_back_only_until_its_provider_request_is_out(
-    make_bot, fake_slack, fake_openai,  # noqa: ANN001
-) -> None:
-    """`DraftsFirst`: a /sop counts as starting from its acknowledgement until the provider
-    request is about to be sent, and stops counting when drafting ends early too."""
-    from tests.fakes.openai_fake import default_chat_response
-
-    bot = make_bot()
-    starting: dict[str, int] = {}
-
-    def at_slack(method: str, params: dict) -> None:
-        if method == "chat.postMessage" and "requested by" in str(params.get("text")):
-            starting["parent post"] = bot.ctx.drafts_first.starting_now
-
-    def at_provider(body: dict) -> str:
-        starting["provider request"] = bot.ctx.drafts_first.starting_now
-        return default_chat_response(body)
-
-    fake_slack.before_call = at_slack
-    fake_openai.chat_responses.append(at_provider)
-    assert bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL).status == 200
-    bot.wait()
-    assert starting == {"parent post": 1, "provider request": 0}
-
-    fake_slack.not_member.add(CHANNEL)  # the parent post fails: drafting ends at once
-    assert bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL).status == 200
-    bot.wait()
-    assert bot.ctx.drafts_first.starting_now == 0

@@ -4,10 +4,13 @@ drafts with the new `ft:` model, in a thread, and admins saw it all in their cha
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 from bot.notifier import SlackNotifier
 from sop_pipeline import model_registry
+from sop_pipeline.charts import record_chart_url
 from sop_pipeline.models import RunState, TrainingRun
 from sop_pipeline.notifications import FanOutNotifier, RecordingNotifier
 from sop_pipeline.training.scheduler import poll_active_runs, retrain_check
@@ -17,7 +20,16 @@ SOPS = Path(__file__).parent / "data" / "sops"
 CHANNEL = "CQUALITY1"
 ADMIN_CHANNEL = "CADMIN001"
 APPROVER = "UAPPROVE1"
+ADMIN = "UADMIN001"
 REQUEST = "Write an SOP for calibration of the dissolution apparatus"
+
+
+def _shown(message: dict) -> str:
+    """What a person reads: the blocks' text (the fallback text only without blocks)."""
+    parts = [str((b.get("text") or {}).get("text", "")) for b in message.get("blocks", [])]
+    parts += [e.get("text", "") for b in message.get("blocks", [])
+              for e in b.get("elements", []) if isinstance(e.get("text"), str)]
+    return "\n".join(parts) or message["text"]
 
 
 def test_ten_approvals_train_promote_and_draft_with_the_new_model(
@@ -27,9 +39,16 @@ def test_ten_approvals_train_promote_and_draft_with_the_new_model(
     notifier = FanOutNotifier(recorded)
     factory = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
     try:
+        prompts = tmp_path / "eval.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
+            "Write an SOP for cleaning of the coating pan",
+            "Write an SOP for calibration of the pH meter")), encoding="utf-8")
         bot = factory.start(sop_approvers=[APPROVER], sop_watched_channels=[CHANNEL],
-                            sop_admin_channel=ADMIN_CHANNEL)
-        notifier.notifiers.append(SlackNotifier(bot.ctx.client, ADMIN_CHANNEL))
+                            sop_admin_channel=ADMIN_CHANNEL, sop_admins=[ADMIN],
+                            eval_prompts_file=prompts)
+        notifier.notifiers.append(SlackNotifier(
+            bot.ctx.client, ADMIN_CHANNEL, services=bot.ctx.services,
+            on_chart_posted=functools.partial(record_chart_url, bot.ctx.services)))
         services = bot.ctx.services
         no_sleep: list[float] = []
 
@@ -39,10 +58,12 @@ def test_ten_approvals_train_promote_and_draft_with_the_new_model(
             user_reacts(fake_slack, CHANNEL, ts, APPROVER)
             bot.slack.reaction("reaction_added", user=APPROVER, channel=CHANNEL, ts=ts)
             bot.wait()
-            [confirmation] = fake_slack.replies(CHANNEL, ts)
+            assert fake_slack.replies(CHANNEL, ts) == []  # approvals answer quietly
+            confirmation = fake_slack.ephemerals_for(APPROVER)[-1]
             assert confirmation["text"].startswith("Added as training example #")
         assert "#10 (10 new examples" in confirmation["text"]
 
+        posted_before = len(fake_slack.calls_to("chat.postMessage"))
         # 2. The scheduler's retrain check (called directly) starts a job at the provider.
         result = retrain_check(services, sleep=no_sleep.append)
         assert result is not None and result.run is not None, result and result.summary
@@ -50,8 +71,26 @@ def test_ten_approvals_train_promote_and_draft_with_the_new_model(
             run = session.get(TrainingRun, result.run.id)
         assert run.provider_job_id
 
-        # 3. The provider finishes; the next poll evaluates and promotes the model.
+        # A second request while it trains gets one answer, in words.
+        before = len(fake_slack.responses)
+        assert bot.slack.command("/sop-retrain", user=ADMIN, channel=CHANNEL).status == 200
+        bot.wait()
+        [answer] = fake_slack.responses[before:]
+        assert answer["text"].startswith(
+            f":information_source: No new run started: training run #{run.id} is ")
+        words = answer["text"].removeprefix(":information_source:")
+        assert "_" not in words and " since " in words
+
+        # 3. The provider trains (progress edits the same message), finishes; the next poll
+        # evaluates and promotes the model.
         fake_openai.advance_job(run.provider_job_id, "running")
+        fake_openai.add_metrics(run.provider_job_id, step=1, train_loss=1.2, valid_loss=1.4)
+        poll_active_runs(services, sleep=no_sleep.append)
+        [message] = fake_slack.top_level(ADMIN_CHANNEL)
+        assert "Progress: step 1, training loss 1.2000, validation loss 1.4000." in _shown(
+            message)
+        assert "Training run #1: training" in _shown(message)
+        fake_openai.add_metrics(run.provider_job_id, step=2, train_loss=0.8, valid_loss=1.0)
         fake_openai.succeed_job(run.provider_job_id)
         poll_active_runs(services, sleep=no_sleep.append)
         with services.session() as session:
@@ -61,11 +100,23 @@ def test_ten_approvals_train_promote_and_draft_with_the_new_model(
         assert active is not None and active.model_id == run.fine_tuned_model
         assert active.model_id.startswith("ft:")
 
-        # 4. Admins followed it in their channel.
-        admin_texts = [m["text"] for m in fake_slack.top_level(ADMIN_CHANNEL)]
-        assert any(f"Training run #{run.id} started" in t for t in admin_texts)
+        # 4. Admins followed it in ONE message, edited in place, chart in its thread.
         assert "run_promoted" in recorded.kinds()
-        assert len(admin_texts) == len(recorded.sent)
+        [message] = fake_slack.top_level(ADMIN_CHANNEL)
+        shown = _shown(message)
+        assert f"Training run #{run.id}: finished: the new model is now in use" in shown
+        assert "estimated cost $" in shown and "Progress: step" in shown
+        assert "| Metric" in shown and "Aggregate score" in shown and "Candidate: ft:" in shown
+        assert "```" in shown  # the comparison table is a monospace section
+        assert len(fake_slack.calls_to("chat.postMessage")) - posted_before == 1
+        assert len(fake_slack.calls_to("chat.update")) >= 2  # it moved, in place
+        [chart] = fake_slack.replies(ADMIN_CHANNEL, message["ts"])
+        assert chart["files"][0]["name"].endswith(".png")
+        for state in RunState.ACTIVE + RunState.TERMINAL:
+            if "_" in state:
+                assert state not in shown
+        with services.session() as session:
+            assert session.get(TrainingRun, run.id).admin_message_ts == message["ts"]
 
         # 5. The next /sop asks the provider for the new fine-tuned model, drafts in a thread.
         before = len(fake_openai.requests_to("/chat/completions"))

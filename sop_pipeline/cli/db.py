@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sop_pipeline import db as database
 from sop_pipeline.cli.common import console, friendly
-from sop_pipeline.settings import load_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -17,6 +15,9 @@ def register(app: typer.Typer) -> None:
     @friendly
     def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
         """Upgrade the database schema; safe to run twice or from two processes at once."""
+        from sop_pipeline import db as database
+        from sop_pipeline.settings import load_settings
+
         settings = load_settings()
         engine = database.make_engine(settings.database_url)
         database.upgrade(engine, revision)
@@ -26,6 +27,9 @@ def register(app: typer.Typer) -> None:
     @friendly
     def current() -> None:
         """Print the schema revision the database is at."""
+        from sop_pipeline import db as database
+        from sop_pipeline.settings import load_settings
+
         settings = load_settings()
         engine = database.make_engine(settings.database_url)
         console.print(database.current_revision(engine) or "(empty database)")

@@ -1,8 +1,6 @@
-"""CLI command `sop-bot run`: start the Slack bot (the only place sop_pipeline reaches bot/)."""
+"""CLI command `sop-bot run`: start the Slack bot (the CLI layer sits above bot/)."""
 
 from __future__ import annotations
-
-import importlib
 
 import typer
 
@@ -13,4 +11,6 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run() -> None:
         """Start the Slack bot: Socket Mode with SLACK_APP_TOKEN, else HTTP on $PORT."""
-        raise typer.Exit(importlib.import_module("bot.__main__").main())
+        from bot.__main__ import main
+
+        raise typer.Exit(main())

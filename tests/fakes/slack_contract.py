@@ -28,6 +28,26 @@ DOCUMENTED_METHODS: dict[str, dict[str, set[str]]] = {
         "optional": {"channel_id", "channels", "initial_comment", "thread_ts", "blocks"},
         "scopes": {"files:write"},
     },
+    # Streaming messages (AI apps), from docs.slack.dev/reference/methods/chat.startStream,
+    # chat.appendStream and chat.stopStream (2025): markdown_text is limited to 12,000
+    # characters; recipient_user_id and recipient_team_id are required outside a DM.
+    "chat.startStream": {
+        "required": {"channel"},
+        "optional": {"thread_ts", "markdown_text", "chunks", "recipient_user_id",
+                     "recipient_team_id", "task_display_mode", "icon_emoji", "icon_url",
+                     "username"},
+        "scopes": {"chat:write"},
+    },
+    "chat.appendStream": {
+        "required": {"channel", "ts"},
+        "optional": {"markdown_text", "chunks"},
+        "scopes": {"chat:write"},
+    },
+    "chat.stopStream": {
+        "required": {"channel", "ts"},
+        "optional": {"markdown_text", "chunks", "blocks", "metadata", "session_status"},
+        "scopes": {"chat:write"},
+    },
     # Socket Mode: called with the app-level token (xapp-, scope connections:write).
     "apps.connections.open": {"required": set(), "optional": set(), "scopes": set()},
 }
@@ -43,6 +63,8 @@ NEWER_PARAMS: dict[str, set[str]] = {
 }
 
 # The spec names user-token scopes for some methods; a bot token uses the bot scope.
+STREAM_TEXT_LIMIT = 12_000  # markdown_text of the streaming methods (docs.slack.dev)
+
 BOT_SCOPE = {"chat:write:bot": "chat:write", "chat:write:user": "chat:write",
              "files:write:user": "files:write"}
 

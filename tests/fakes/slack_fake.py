@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import threading
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -124,6 +125,9 @@ class FakeSlack:
         self.not_member: set[str] = set()
         self.faults: list[Fault] = []
         self.downloads: list[tuple[str, str | None]] = []
+        # Streaming messages (chat.startStream & co.): set to an error code (as a workspace
+        # without AI streaming answers) to refuse them; the bot must fall back to chat.update.
+        self.refuse_streaming: str | None = None
         # Called with (method, params) before a call is handled, outside the fake's lock,
         # so a test can hold calls (e.g. on a Barrier) to observe concurrency.
         self.before_call: Any = None
@@ -425,6 +429,59 @@ class FakeSlack:
             message["blocks"] = blocks
         return {"channel": channel, "ts": message["ts"], "text": text, "message": message}
 
+    # --- streaming messages (docs.slack.dev: chat.startStream / appendStream / stopStream) ---
+    def _stream_text(self, params: dict) -> str:
+        if self.refuse_streaming:
+            raise SlackError(self.refuse_streaming)
+        text = params.get("markdown_text") or ""
+        for chunk in params.get("chunks") or []:
+            if not isinstance(chunk, dict) or chunk.get("type") != "markdown_text":
+                raise SlackError("invalid_chunks")
+            text += chunk.get("text") or ""
+        if len(text) > slack_contract.STREAM_TEXT_LIMIT:
+            raise SlackError("msg_too_long")
+        return text
+
+    def _m_chat_startStream(self, params: dict) -> dict:  # noqa: N802
+        channel = self._channel(params)
+        self._require_member(channel)
+        text = self._stream_text(params)
+        if not channel.startswith("D") and not (
+                params.get("recipient_user_id") and params.get("recipient_team_id")):
+            raise SlackError("invalid_arguments")  # required when streaming to channels
+        message = {"type": "message", "user": self.bot_user_id, "bot_id": BOT_ID,
+                   "text": text, "streaming": True, "appends": [text] if text else []}
+        ts = self._store_message(channel, message, params.get("thread_ts"))
+        return {"channel": channel, "ts": ts}
+
+    def _streamed(self, params: dict) -> dict:
+        message = self.message(self._channel(params), str(params.get("ts")))
+        if message is None:
+            raise SlackError("message_not_found")
+        if not message.get("streaming"):
+            raise SlackError("message_not_in_streaming_state")
+        return message
+
+    def _m_chat_appendStream(self, params: dict) -> dict:  # noqa: N802
+        text = self._stream_text(params)
+        message = self._streamed(params)
+        if not text:
+            raise SlackError("no_text")
+        message["text"] += text
+        message["appends"].append(text)
+        return {"channel": params["channel"], "ts": message["ts"]}
+
+    def _m_chat_stopStream(self, params: dict) -> dict:  # noqa: N802
+        text = self._stream_text(params)
+        message = self._streamed(params)
+        message["text"] += text
+        if text:
+            message["appends"].append(text)
+        if params.get("blocks"):
+            message["blocks"] = _check_blocks(params["blocks"])
+        message["streaming"] = False
+        return {"channel": params["channel"], "ts": message["ts"], "message": message}
+
     def _m_chat_postEphemeral(self, params: dict) -> dict:
         channel = self._channel(params)
         self._require_member(channel)
@@ -489,6 +546,20 @@ class FakeSlack:
             raise SlackError("already_reacted")
         entry["users"].append(self.bot_user_id)
         entry["count"] += 1
+        return {}
+
+    def _m_reactions_remove(self, params: dict) -> dict:
+        channel = self._channel(params)
+        message = self.message(channel, str(params.get("timestamp")))
+        if message is None:
+            raise SlackError("message_not_found")
+        name = str(params.get("name", "")).strip(":")
+        entry = next((r for r in message.get("reactions", []) if r["name"] == name), None)
+        if entry is None or self.bot_user_id not in entry["users"]:
+            raise SlackError("no_reaction")
+        entry["users"].remove(self.bot_user_id)
+        entry["count"] -= 1
+        message["reactions"] = [r for r in message["reactions"] if r["count"] > 0]
         return {}
 
     def _m_views_publish(self, params: dict) -> dict:
@@ -679,7 +750,8 @@ class SlackTestClient:
             "channel_id": channel, "channel_name": "quality", "user_id": user,
             "user_name": user.lower(), "command": command, "text": text,
             "api_app_id": "A00000001", "response_url": f"{self.response_url}{n}",
-            "trigger_id": f"trigger.{n}",
+            # unique like Slack's: a bot restarted in a test gets a new client, not old ids
+            "trigger_id": kwargs.pop("trigger_id", None) or f"{n}.{uuid.uuid4().hex}",
         }
         return self.post(urlencode(form), "application/x-www-form-urlencoded", **kwargs)
 
@@ -812,14 +884,14 @@ class running_bot:  # noqa: N801 - used like a function: `with running_bot(...) 
         import time
 
         from bot.app import build_app, build_context, make_client
-        from bot.http_server import BotHTTPServer
+        from bot.serve import Server, SlackAndProbes
 
         sleeps: list[float] = []
         client = make_client(self.services, sleep=sleeps.append)
         ctx = build_context(self.services, client=client,
                             monotonic=self.monotonic or time.monotonic)
         app = build_app(self.services, context=ctx)
-        server = BotHTTPServer(app).start()
+        server = Server(SlackAndProbes(app, ready=lambda: None)).start()
         slack = SlackTestClient(server.url, response_url=self.fake.response_url("r"))
         self.harness = BotHarness(app, ctx, server, slack, sleeps)
         return self.harness

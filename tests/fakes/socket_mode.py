@@ -3,7 +3,9 @@
 Slack's Socket Mode sends each slash command, event or interaction as a JSON "envelope" over
 a WebSocket and expects an acknowledgement carrying the same `envelope_id` (and, for slash
 commands, an optional response payload). This server does the RFC 6455 handshake, says
-`hello`, lets the test send envelopes and collects what the bot sends back.
+`hello`, lets the test send envelopes and collects what the bot sends back. `cut()` makes the
+current connection go silent without a close frame (as a NAT timeout or a network blip does):
+nothing is answered on it any more, not even pings, while new connections are accepted.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class FakeSocketMode:
-    """One bot connection at a time; `url` is what apps.connections.open hands out."""
+    """Envelopes go to the newest connection; `url` is what apps.connections.open hands out."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.5)
         self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/link/?ticket=fake"
         self.connected = threading.Event()
+        self.connections = 0
+        self._changed = threading.Condition()
+        self._silent: set[int] = set()  # id() of connections that were cut
+        self._open: list[socket.socket] = []
         self.received: queue.Queue[dict] = queue.Queue()
         self._conn: socket.socket | None = None
         self._send_lock = threading.Lock()
@@ -39,8 +45,8 @@ class FakeSocketMode:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._conn is not None:
-            self._conn.close()
+        for conn in self._open:
+            conn.close()
         self._listener.close()
         self._thread.join(timeout=5)
 
@@ -48,6 +54,18 @@ class FakeSocketMode:
     def send(self, envelope: dict) -> None:
         """Send an envelope (text frame) to the connected bot."""
         self._frame(0x1, json.dumps(envelope).encode())
+
+    def cut(self) -> None:
+        """The current connection goes silent: no close frame, no pongs, nothing delivered."""
+        with self._send_lock:
+            if self._conn is not None:
+                self._silent.add(id(self._conn))
+                self._conn = None
+
+    def wait_connections(self, count: int, timeout: float) -> bool:
+        """Wait until the bot has opened `count` connections in all."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.connections >= count, timeout=timeout)
 
     def next_message(self, timeout: float = 10) -> dict:
         """The next JSON message the bot sent (acks), or AssertionError after `timeout`."""
@@ -64,16 +82,24 @@ class FakeSocketMode:
             except (TimeoutError, OSError):
                 continue
             conn.settimeout(None)
-            self._conn = conn
-            try:
-                self._handshake(conn)
-                self.connected.set()
-                self._frame(0x1, json.dumps({"type": "hello", "num_connections": 1}).encode())
-                self._read_frames(conn)
-            except OSError:
-                pass
-            finally:
-                conn.close()
+            self._open.append(conn)
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            self._handshake(conn)
+            with self._send_lock:
+                self._conn = conn
+            with self._changed:
+                self.connections += 1
+                self._changed.notify_all()
+            self.connected.set()
+            self._frame(0x1, json.dumps({"type": "hello", "num_connections": 1}).encode())
+            self._read_frames(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def _handshake(self, conn: socket.socket) -> None:
         request = b""
@@ -93,7 +119,7 @@ class FakeSocketMode:
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
         )
 
-    def _frame(self, opcode: int, payload: bytes) -> None:
+    def _frame(self, opcode: int, payload: bytes, conn: socket.socket | None = None) -> None:
         header = bytes([0x80 | opcode])
         size = len(payload)
         if size < 126:
@@ -103,8 +129,9 @@ class FakeSocketMode:
         else:
             header += bytes([127]) + struct.pack("!Q", size)
         with self._send_lock:
-            if self._conn is not None:
-                self._conn.sendall(header + payload)
+            target = conn or self._conn
+            if target is not None and id(target) not in self._silent:
+                target.sendall(header + payload)
 
     def _read_exact(self, conn: socket.socket, size: int) -> bytes:
         data = b""
@@ -125,9 +152,11 @@ class FakeSocketMode:
                 size = struct.unpack("!Q", self._read_exact(conn, 8))[0]
             mask = self._read_exact(conn, 4) if second & 0x80 else b"\0\0\0\0"
             data = bytes(b ^ mask[i % 4] for i, b in enumerate(self._read_exact(conn, size)))
+            if id(conn) in self._silent:
+                continue  # a cut connection: whatever the bot sends is lost
             if opcode == 0x8:  # close
                 return
             if opcode == 0x9:  # ping -> pong
-                self._frame(0xA, data)
+                self._frame(0xA, data, conn)
             elif opcode == 0x1:
                 self.received.put(json.loads(data))

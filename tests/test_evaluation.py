@@ -12,8 +12,8 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from bot.cli import build_app
 from sop_pipeline import audit, model_registry
-from sop_pipeline.cli import build_app
 from sop_pipeline.evaluation import (
     EvalCase,
     EvaluationError,

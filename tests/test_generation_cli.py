@@ -11,7 +11,7 @@ import docx
 import pytest
 from typer.testing import CliRunner
 
-from sop_pipeline.cli import build_app
+from bot.cli import build_app
 from tests.fakes.openai_fake import house_sop
 
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"

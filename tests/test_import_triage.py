@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sop_pipeline.cli import build_app
+from bot.cli import build_app
 from tests.conftest import DATA_DIR
 
 SOPS = DATA_DIR / "sops"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bot.cli import build_app
 from sop_pipeline import audit, model_registry
-from sop_pipeline.cli import build_app
 from sop_pipeline.generation import generate
 from sop_pipeline.models import ModelVersion
 from tests.test_training_helpers import approve, make_services, training_settings

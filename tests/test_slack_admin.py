@@ -182,7 +182,7 @@ def test_missing_bot_token_stops_start_up_with_a_sentence(monkeypatch, capsys, t
 def test_sop_bot_run_is_wired_to_the_bot(monkeypatch, tmp_path) -> None:  # noqa: ANN001
     from typer.testing import CliRunner
 
-    from sop_pipeline.cli import build_app
+    from bot.cli import build_app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from sop_pipeline.cli import build_app
+from bot.cli import build_app
 from sop_pipeline.sop_format import load_template, parse, render_training_text, training_text
 from sop_pipeline.sop_format import validate as validate_sop
 from sop_pipeline.sop_format.documents import read_document

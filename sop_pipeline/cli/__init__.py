@@ -1,6 +1,11 @@
-"""The `sop-bot` command line. Each feature area registers its own commands from its module."""
+"""The pipeline's commands of the `sop-bot` command line, one module per feature area.
+
+The console script itself is `bot.cli`: it adds `sop-bot run` (the Slack bot) and the Slack
+announcement of model switches, so nothing here imports bot/ or Slack."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import typer
 
@@ -12,13 +17,19 @@ from sop_pipeline.cli import (
     examples,
     generate,
     models,
-    run,
     training,
 )
 
 
-def build_app() -> typer.Typer:
-    """Assemble the Typer app; built on call, never at import time of the feature modules."""
+def build_app(
+    *,
+    admin_notifier: models.AdminNotifier | None = None,
+    extra: Sequence[Callable[[typer.Typer], None]] = (),
+) -> typer.Typer:
+    """Assemble the Typer app; built on call, never at import time of the feature modules.
+
+    `admin_notifier` also tells the admin channel of a model switch made in a terminal;
+    `extra` registers commands from a layer above (the bot's `run`)."""
     app = typer.Typer(
         name="sop-bot",
         help="SOP Bot: draft, approve and learn Standard Operating Procedures.",
@@ -27,11 +38,9 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode=None,  # plain help: rich's help renderer (markdown-it) costs 0.1 s
     )
-    for module in (db, examples, datasets, training, models, evaluate, generate, audit, run):
+    for module in (db, examples, datasets, training, evaluate, generate, audit):
         module.register(app)
+    models.register(app, admin_notifier=admin_notifier)
+    for register in extra:
+        register(app)
     return app
-
-
-def main() -> None:
-    """Console-script entry point."""
-    build_app()()

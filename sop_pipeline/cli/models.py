@@ -4,19 +4,55 @@ announced in the admin channel)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from sop_pipeline.cli.common import UserError, console, friendly, load_services
 
+if TYPE_CHECKING:
+    from sop_pipeline.notifications import Notifier
+    from sop_pipeline.services import Services
 
-def register(app: typer.Typer) -> None:
-    """Add `sop-bot models ...`."""
+# Given the services, the admin channel's notifier, or None when Slack is not configured.
+AdminNotifier = Callable[["Services"], "Notifier | None"]
+
+
+def register(app: typer.Typer, *, admin_notifier: AdminNotifier | None = None) -> None:
+    """Add `sop-bot models ...`; switches are also announced through `admin_notifier`."""
     group = typer.Typer(help="Model versions: list, activate, roll back.", no_args_is_help=True)
     group.command("list")(list_command)
-    group.command("activate")(activate_command)
-    group.command("rollback")(rollback_command)
+
+    @group.command("activate")
+    @friendly
+    def activate_command(
+        version: str = typer.Argument(..., help="Model version id (see `sop-bot models "
+                                                "list`), or `base` for the base model with "
+                                                "retrieval."),
+        reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
+    ) -> None:
+        """Make a model version the active one (`base`: the base model with retrieval)."""
+        result = _switch(version, reason, admin_notifier)
+        if not result.changed:
+            console.print(f"{result.new} is already active (version #{result.version_id}).",
+                          highlight=False)
+            return
+        console.print(f"Active model is now {result.new} (version #{result.version_id}).",
+                      highlight=False)
+
+    @group.command("rollback")
+    @friendly
+    def rollback_command(
+        reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
+    ) -> None:
+        """Switch back to the previously active model version (from the first fine-tune: the
+        base model with retrieval)."""
+        result = _switch(None, reason, admin_notifier)
+        console.print(f"Rolled back: active model is now {result.new} (version "
+                      f"#{result.version_id}).", highlight=False)
+
     app.add_typer(group, name="models")
 
 
@@ -39,20 +75,13 @@ def _row(version, base_model: str) -> dict:  # noqa: ANN001 - ModelVersion
     }
 
 
-def _with_admin_channel(services):  # noqa: ANN001, ANN202 - Services
-    """Also post to SOP_ADMIN_CHANNEL when Slack is configured: a switch made in a terminal
-    must reach the admins as one made in Slack does. The Slack code stays in bot/ (imported
-    only here and by `sop-bot run`)."""
+def _with_admin_channel(services: Services, admin_notifier: AdminNotifier | None) -> Services:
+    """A switch made in a terminal must reach the admins as one made in Slack does."""
     from sop_pipeline.notifications import FanOutNotifier
 
-    settings = services.settings
-    if not (settings.sop_admin_channel and settings.secret("slack_bot_token")):
-        return services
-    from bot.app import make_client  # the CLI sits above bot/ (import-linter's layers)
-    from bot.notifier import SlackNotifier
-
-    slack = SlackNotifier(make_client(services), settings.sop_admin_channel)
-    services.notifier = FanOutNotifier(services.notifier, slack)
+    admin = admin_notifier(services) if admin_notifier else None
+    if admin is not None:
+        services.notifier = FanOutNotifier(services.notifier, admin)
     return services
 
 
@@ -87,10 +116,11 @@ def list_command(
     console.print(table)
 
 
-def _switch(ref: str | None, reason: str | None):  # noqa: ANN202 - model_registry.Switch
+def _switch(ref: str | None, reason: str | None,
+            admin_notifier: AdminNotifier | None):  # noqa: ANN202 - model_registry.Switch
     from sop_pipeline import model_registry
 
-    services = _with_admin_channel(load_services())
+    services = _with_admin_channel(load_services(), admin_notifier)
     try:
         return model_registry.switch_and_announce(services, ref, actor=_actor(), reason=reason)
     except model_registry.ModelRegistryError as exc:
@@ -98,29 +128,3 @@ def _switch(ref: str | None, reason: str | None):  # noqa: ANN202 - model_regist
     finally:
         services.engine.dispose()
 
-
-@friendly
-def activate_command(
-    version: str = typer.Argument(..., help="Model version id (see `sop-bot models list`), "
-                                            "or `base` for the base model with retrieval."),
-    reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
-) -> None:
-    """Make a model version the active one (`base`: the base model with retrieval)."""
-    result = _switch(version, reason)
-    if not result.changed:
-        console.print(f"{result.new} is already active (version #{result.version_id}).",
-                      highlight=False)
-        return
-    console.print(f"Active model is now {result.new} (version #{result.version_id}).",
-                  highlight=False)
-
-
-@friendly
-def rollback_command(
-    reason: str = typer.Option(None, "--reason", help="Why (kept in the audit log)."),
-) -> None:
-    """Switch back to the previously active model version (from the first fine-tune: the
-    base model with retrieval)."""
-    result = _switch(None, reason)
-    console.print(f"Rolled back: active model is now {result.new} (version "
-                  f"#{result.version_id}).", highlight=False)

@@ -14,9 +14,13 @@ servers living in this process; the fake provider holds every chat completion fo
 * textbook-socket: the same app over Socket Mode.
 
 For each burst size (--sizes: that many concurrent /sop, plus --reactions approvals, each
-re-delivered once as Slack does) it prints ack p50/p95/p99, drafts done and when the last
-finished (against provider latency), examples stored, lost and duplicated (must be 0), idle
-RSS after start-up and peak RSS (VmRSS / VmHWM from /proc).
+re-delivered once as Slack does) it prints ack p50/p95/p99; per draft, the time from sending
+its /sop to the first draft text a user sees (the first streamed append, or the finished
+draft where nothing streams) and to the finished draft; drafts done and when the last
+finished (against provider latency); per approval, the time from sending its ✅ to the
+confirmation (the bot's confirmation reaction, or the textbook app's thread reply); examples
+stored, lost and duplicated (must be 0), idle RSS after start-up and peak RSS (VmRSS / VmHWM
+from /proc).
 
     python benchmarks/load.py                                  # 50 and 200, every app, sqlite
     python benchmarks/load.py --sizes 50 --apps bot-http --database postgres
@@ -24,8 +28,9 @@ RSS after start-up and peak RSS (VmRSS / VmHWM from /proc).
     python benchmarks/load.py --quick                          # a few requests (tests)
 
 Goals (issue 14): ack p99 < 1 s at 200; every draft done within provider latency + 1 s at 50;
-nothing lost or duplicated; idle RSS < 150 MB. Exit status 1 when anything was lost or
-duplicated (timings are reported, not enforced).
+nothing lost or duplicated; idle RSS < 150 MB. With --library 10000 (issue 15): drafts done
+within provider latency + 1.5 s at 50, approval confirmation p99 < 500 ms, peak RSS < 250 MB.
+Exit status 1 when anything was lost or duplicated (timings are reported, not enforced).
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ REQUESTER = "UREQ00001"
 APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine, line {n}"
-CONFIRMATION = "Added as training example"
+CONFIRMATION = "Added as training example"  # the textbook app's thread reply
+CONFIRM_REACTION = "inbox_tray"  # the bot's quiet confirmation (bot.approvals)
 APPS = ("bot-socket", "bot-http", "textbook-http", "textbook-socket")
 GOALS = {"ack_p99_ms": 1000.0, "drafts_over_latency_s": 1.0, "idle_rss_mb": 150.0}
 
@@ -86,6 +92,11 @@ class Figures:
     drafts_failed: int
     drafts_per_second: float
     all_drafts_s: float
+    first_text_p50_s: float
+    first_text_p99_s: float
+    draft_done_p99_s: float
+    approval_p50_ms: float
+    approval_p99_ms: float
     examples_stored: int
     lost: int
     duplicated: int
@@ -107,30 +118,37 @@ def percentile(values: list[float], share: float) -> float:
 
 
 class Completions:
-    """Watches the fake Slack's calls for finished drafts and approval confirmations."""
+    """Watches the fake Slack's calls: when each draft first showed text and when it was
+    finished, and when each approval was confirmed (all on the time.monotonic clock)."""
 
     def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self.now = now
+        self.first_text: dict[str, float] = {}  # reply ts -> first draft text a user sees
         self.finished: dict[str, float] = {}  # reply ts -> when the final edit arrived
         self.failed: set[str] = set()
-        self.confirmations = 0
+        self.confirmed: dict[str, float] = {}  # approved message ts -> its confirmation
         self._changed = threading.Condition()
 
     def __call__(self, method: str, params: dict) -> None:
         with self._changed:
+            now, ts = self.now(), str(params.get("ts"))
             text = str(params.get("text") or "")
+            if method == "chat.appendStream" or (method == "chat.update" and text):
+                self.first_text.setdefault(ts, now)
             if method == "chat.update" and (params.get("blocks") or text.startswith(":x:")):
-                self.finished.setdefault(str(params.get("ts")), self.now())
+                self.finished.setdefault(ts, now)
                 if text.startswith(":x:"):
-                    self.failed.add(str(params.get("ts")))
+                    self.failed.add(ts)
+            elif method == "reactions.add" and params.get("name") == CONFIRM_REACTION:
+                self.confirmed.setdefault(str(params.get("timestamp")), now)
             elif method == "chat.postMessage" and text.startswith(CONFIRMATION):
-                self.confirmations += 1
+                self.confirmed.setdefault(str(params.get("thread_ts")), now)
             self._changed.notify_all()
 
     def wait(self, drafts: int, confirmations: int, timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(
-                lambda: len(self.finished) >= drafts and self.confirmations >= confirmations,
+                lambda: len(self.finished) >= drafts and len(self.confirmed) >= confirmations,
                 timeout=timeout)
 
 
@@ -169,6 +187,17 @@ def _count_examples(database_url: str) -> dict[str, int]:
         engine.dispose()
 
 
+def _draft_replies(fake, requests: list[str]) -> dict[str, str]:  # noqa: ANN001
+    """Request text -> the ts of its draft reply (the first reply in its parent's thread)."""
+    found: dict[str, str] = {}
+    for message in fake.top_level(CHANNEL):
+        request = message.get("text", "").split(": ", 1)[-1]
+        replies = fake.replies(CHANNEL, message["ts"])
+        if request in requests and replies:
+            found.setdefault(request, replies[0]["ts"])
+    return found
+
+
 def _check_drafts(fake, requests: list[str], problems: list[str]) -> tuple[int, int]:  # noqa: ANN001
     """(lost, duplicated) commands: each needs one parent and one finished draft reply."""
     lost = duplicated = 0
@@ -202,6 +231,9 @@ def _check_approvals(fake, targets: list[str], examples: dict[str, int],  # noqa
         stored = examples.get(ts, 0)
         confirmations = [m for m in fake.replies(CHANNEL, ts)
                          if m.get("text", "").startswith(CONFIRMATION)]
+        confirmations += [c for c in fake.calls_to("reactions.add")
+                          if c.params.get("timestamp") == ts
+                          and c.params.get("name") == CONFIRM_REACTION]
         if stored == 0:
             lost += 1
             problems.append(f"approval of {ts} stored no example")
@@ -276,9 +308,10 @@ def run_one(options: Options, app: str, size: int) -> Figures:
 
 
 def _build_requests(options: Options, commands: int, bot, targets: list[str],  # noqa: ANN001
-                    response_url: str) -> tuple[list[str], list[dict]]:
+                    response_url: str) -> tuple[list[str], list[dict], list[str]]:
     """The /sop commands and reaction events, signed as Slack would send them, shuffled; each
-    reaction is re-delivered once at the end (X-Slack-Retry-Num), as Slack does."""
+    reaction is re-delivered once at the end (X-Slack-Retry-Num), as Slack does. Also each
+    request's key: its /sop text, or the reacted message's ts."""
     from tests.fakes.slack_fake import SlackTestClient
 
     built: list[dict] = []
@@ -294,14 +327,17 @@ def _build_requests(options: Options, commands: int, bot, targets: list[str],  #
     jobs += [("reaction", (ts, None)) for ts in targets]
     random.Random(options.seed).shuffle(jobs)
     jobs += [("reaction", (ts, 1)) for ts in targets]
+    keys: list[str] = []
     for kind, payload in jobs:
         if kind == "command":
             client.command("/sop", str(payload), user=REQUESTER, channel=CHANNEL)
+            keys.append(str(payload))
         else:
             ts, retry = payload  # type: ignore[misc]
             client.reaction("reaction_added", user=APPROVER, channel=CHANNEL, ts=ts,
                             event_id=f"Ev{ts.replace('.', '')}", retry_num=retry)
-    return requests, built
+            keys.append(ts)
+    return requests, built, keys
 
 
 def _send_all(bot, built: list[dict], concurrency: int, workdir: Path) -> dict:  # noqa: ANN001
@@ -363,9 +399,11 @@ def _send_socket_mode(fake_socket, built: list[dict], timeout: float) -> dict:  
     for envelope in envelopes:
         key = envelope["envelope_id"]
         if key in acked:
-            results.append({"status": 200, "ms": (acked[key] - sent[key]) * 1000, "error": None})
+            results.append({"status": 200, "ms": (acked[key] - sent[key]) * 1000, "error": None,
+                            "at": sent[key]})
         else:
-            results.append({"status": 0, "ms": timeout * 1000, "error": "no acknowledgement"})
+            results.append({"status": 0, "ms": timeout * 1000, "error": "no acknowledgement",
+                            "at": sent[key]})
     return {"started": started, "results": results}
 
 
@@ -380,7 +418,8 @@ def _textbook_examples(path: Path) -> dict[str, int]:
 
 def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  # noqa: ANN001
           targets: list[str], database_url: str, idle_mb: float) -> Figures:
-    requests, built = _build_requests(options, size, bot, targets, fake_slack.response_url("r"))
+    requests, built, keys = _build_requests(options, size, bot, targets,
+                                            fake_slack.response_url("r"))
     completions = Completions()
     fake_slack.before_call = completions
     if fake_socket is not None:
@@ -389,6 +428,9 @@ def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  
         sent = _send_all(bot, built, size, Path(bot.workdir))
     started, results = sent["started"], sent["results"]
     acks = [r["ms"] for r in results]
+    sent_at: dict[str, float] = {}  # first delivery of each /sop text or reacted ts
+    for key, result in zip(keys, results, strict=True):
+        sent_at.setdefault(key, result["at"])
     statuses = [r["status"] for r in results]
     errors = [f"request not answered: {r['error']}" for r in results if r["error"]]
     completions.wait(len(requests), len(targets), timeout=options.timeout)
@@ -404,6 +446,17 @@ def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  
     lost_a, dup_a = _check_approvals(fake_slack, targets, examples, problems)
     elapsed = max(finished_at - started, 1e-9)
     done = len(completions.finished)
+    replies = _draft_replies(fake_slack, requests)
+    first_text = [completions.first_text[ts] - sent_at[r] for r, ts in replies.items()
+                  if ts in completions.first_text]
+    draft_done = [completions.finished[ts] - sent_at[r] for r, ts in replies.items()
+                  if ts in completions.finished]
+    approvals = [(completions.confirmed[ts] - sent_at[ts]) * 1000 for ts in targets
+                 if ts in completions.confirmed]
+
+    def p(values: list[float], share: float, digits: int) -> float:
+        return round(percentile(values, share), digits) if values else 0.0
+
     return Figures(
         app=app, commands=len(requests), reactions=len(targets),
         provider_latency_s=options.provider_latency,
@@ -414,6 +467,9 @@ def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  
         drafts_completed=done - len(completions.failed), drafts_failed=len(completions.failed),
         drafts_per_second=round(done / elapsed, 2) if requests else 0.0,
         all_drafts_s=round(elapsed, 2) if requests else 0.0,
+        first_text_p50_s=p(first_text, 0.50, 2), first_text_p99_s=p(first_text, 0.99, 2),
+        draft_done_p99_s=p(draft_done, 0.99, 2),
+        approval_p50_ms=p(approvals, 0.50, 1), approval_p99_ms=p(approvals, 0.99, 1),
         examples_stored=sum(examples.values()), lost=lost_d + lost_a,
         duplicated=dup_d + dup_a, idle_rss_mb=round(idle_mb, 1), peak_rss_mb=round(peak, 1),
         problems=problems[:20],
@@ -441,6 +497,11 @@ def _print(row: list[Figures], options: Options, out: Callable[[str], None]) -> 
     line("drafts/s", [f"{f.drafts_per_second:g}" for f in row])
     line(f"all finished after s (latency {first.provider_latency_s:g})",
          [f"{f.all_drafts_s:g}" for f in row])
+    line("first draft text: p50 s", [f"{f.first_text_p50_s:g}" for f in row])
+    line("first draft text: p99 s", [f"{f.first_text_p99_s:g}" for f in row])
+    line("draft done: p99 s", [f"{f.draft_done_p99_s:g}" for f in row])
+    line("approval confirmed: p50 ms", [f"{f.approval_p50_ms:g}" for f in row])
+    line("approval confirmed: p99 ms", [f"{f.approval_p99_ms:g}" for f in row])
     line("examples stored", [str(f.examples_stored) for f in row])
     line("lost / duplicated", [f"{f.lost} / {f.duplicated}" for f in row])
     line("RSS MB: idle after start-up", [f"{f.idle_rss_mb:g}" for f in row])

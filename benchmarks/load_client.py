@@ -11,7 +11,8 @@ timer runs from the connect call until the whole answer is read: what Slack's si
 
 REQUESTS.json: {"host", "port", "path", "concurrency", "requests": [{"body", "headers"}]};
 RESULTS.json: {"started": time.monotonic() when the first request went out (the same clock in
-every process on Linux), "results": [{"status", "ms", "error"}] in request order}.
+every process on Linux), "results": [{"status", "ms", "error", "at"}] in request order}, where
+"at" is the time.monotonic() at which that request's connect began.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def raw_request(host: str, port: int, path: str, body: str, headers: dict[str, s
 
 
 async def _send(host: str, port: int, request: bytes, timeout: float) -> dict:
-    began = time.perf_counter()
+    at, began = time.monotonic(), time.perf_counter()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         writer.write(request)
@@ -42,11 +43,12 @@ async def _send(host: str, port: int, request: bytes, timeout: float) -> dict:
         writer.close()
     except (TimeoutError, OSError) as exc:
         return {"status": 0, "ms": (time.perf_counter() - began) * 1000,
-                "error": f"{type(exc).__name__}: {exc}"}
+                "error": f"{type(exc).__name__}: {exc}", "at": at}
     elapsed = (time.perf_counter() - began) * 1000
     status_line = answer.split(b"\r\n", 1)[0].split()
     status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
-    return {"status": status, "ms": elapsed, "error": None if status else "no HTTP answer"}
+    return {"status": status, "ms": elapsed, "error": None if status else "no HTTP answer",
+            "at": at}
 
 
 async def fire(host: str, port: int, requests: list[bytes], concurrency: int,

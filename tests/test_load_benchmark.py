@@ -25,7 +25,12 @@ def test_quick_benchmark_loses_and_duplicates_nothing_and_prints_every_figure() 
         assert figures.drafts_completed == figures.commands == 4
         assert figures.examples_stored == figures.reactions == 3
         assert figures.idle_rss_mb > 0 and figures.peak_rss_mb >= figures.idle_rss_mb
+        # every draft showed text and finished, every approval was confirmed, after its request
+        assert 0 < figures.first_text_p50_s <= figures.first_text_p99_s, figures
+        assert figures.first_text_p99_s <= figures.draft_done_p99_s, figures
+        assert 0 < figures.approval_p50_ms <= figures.approval_p99_ms, figures
     text = "\n".join(printed)
     for label in ("ack latency: p50", "p95", "p99", "drafts/s", "all finished after",
+                  "first draft text", "draft done", "approval confirmed",
                   "examples stored", "lost / duplicated", "idle after start-up", "peak"):
         assert label in text, (label, text)

@@ -160,6 +160,70 @@ def test_openai_refusing_the_organisation_gets_its_own_sentence_and_stops_retrai
     assert not openai_row["can_train"] and openai_row["reason"] == sunset.ORG_BLOCKED
 
 
+def test_an_admins_forced_retrain_asks_openai_again_after_it_refused_the_organisation(
+    make, clock: Clock, fake_openai  # noqa: ANN001
+) -> None:
+    from sop_pipeline import audit
+
+    services = make()
+    approve(services, 10)
+    fake_openai.inject("POST", "/fine_tuning/jobs", kind="fine_tuning_not_allowed", times=2)
+    first = lifecycle.start_run(services, trigger="schedule").run
+    lifecycle.advance(services, first.id, sleep=Sleeps())
+    assert scheduler.retrain_check(services).reason == "org_blocked"
+
+    # still refused: the admin who asked hears how their run ended
+    again = lifecycle.start_run(services, trigger="manual", requested_by="UADMIN", force=True)
+    assert again.started
+    lifecycle.advance(services, again.run.id, sleep=Sleeps())
+    failed = [n for n in services.notifier.sent if n.kind == "run_failed"]
+    assert [n.run_id for n in failed] == [again.run.id]
+    assert sunset.ORG_BLOCKED in failed[0].text and "/sop-retrain" in sunset.ORG_BLOCKED
+    assert scheduler.retrain_check(services).reason == "org_blocked"
+
+    # OpenAI lets the organisation fine-tune again: the next forced retrain creates a job
+    third = lifecycle.start_run(services, trigger="manual", requested_by="UADMIN", force=True)
+    lifecycle.advance(services, third.run.id, sleep=Sleeps())
+    with services.session() as session:
+        assert lifecycle.get_run(session, third.run.id).provider_job_id
+        assert not sunset.org_blocked(session)
+        cleared = audit.events(session, action="sunset.org_block_cleared")
+    assert len(_job_requests(fake_openai)) == 3
+    assert [e.actor for e in cleared] == ["UADMIN", "UADMIN"]
+
+
+def test_a_dry_run_does_not_forget_openais_refusal(make, fake_openai) -> None:  # noqa: ANN001
+    services = make()
+    approve(services, 10)
+    fake_openai.inject("POST", "/fine_tuning/jobs", kind="fine_tuning_not_allowed")
+    run = lifecycle.start_run(services, trigger="schedule").run
+    lifecycle.advance(services, run.id, sleep=Sleeps())
+
+    result = lifecycle.start_run(services, trigger="cli", force=True, dry_run=True)
+    assert result.reason == "org_blocked"
+    with services.session() as session:
+        assert sunset.org_blocked(session)
+
+
+def test_a_403_for_a_restricted_key_is_not_taken_for_the_organisations_sunset(
+    make, fake_openai  # noqa: ANN001
+) -> None:
+    services = make()
+    approve(services, 10)
+    fake_openai.inject("POST", "/fine_tuning/jobs", status=403, code="permission_denied",
+                       message="You have insufficient permissions for this operation. "
+                               "Missing scopes: api.fine_tuning.jobs.write.")
+    run = lifecycle.start_run(services, trigger="schedule").run
+    lifecycle.advance(services, run.id, sleep=Sleeps())
+
+    with services.session() as session:
+        stored = lifecycle.get_run(session, run.id)
+        assert not sunset.org_blocked(session)
+    assert stored.state == RunState.FAILED and stored.error_code != sunset.ORG_BLOCKED_CODE
+    assert "Missing scopes" in (stored.error_message or "")
+    assert [n.kind for n in services.notifier.sent if n.kind == "sunset"] == []
+
+
 def _activate(services, model_id: str, backend: str = "openai") -> None:  # noqa: ANN001
     with services.session() as session:
         version = ModelVersion(model_id=model_id, backend=backend,

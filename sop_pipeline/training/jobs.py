@@ -118,19 +118,28 @@ def _create_job(step: _Step, run: TrainingRun) -> bool:
 
 def _org_blocked(step: _Step, run: TrainingRun, exc: BackendError) -> bool:
     """OpenAI's 403 on job creation means this organisation may not fine-tune any more:
-    remember it (retraining stops asking), end the run with its own sentence, tell admins once."""
+    remember it (retraining stops asking), end the run with its own sentence, tell admins once.
+    A 403 naming a key's missing scopes is a restricted key: the run fails as any other."""
     if step.backend.name != "openai" or exc.status != 403:
+        return False
+    if sunset.is_key_scope_refusal(exc.message or ""):
         return False
     with step.services.session() as session:  # type: ignore[attr-defined]
         sunset.claim_org_blocked(session)
         session.commit()
     log.warning("OpenAI refused job creation for run %s: %s", run.id, exc.message)
-    if _transition(step.services, run.id, expect=run.state, state=RunState.FAILED,
-                   error_code=sunset.ORG_BLOCKED_CODE, error_message=sunset.ORG_BLOCKED,
-                   attempts=0, next_attempt_at=None):
+    if not _transition(step.services, run.id, expect=run.state, state=RunState.FAILED,
+                       error_code=sunset.ORG_BLOCKED_CODE, error_message=sunset.ORG_BLOCKED,
+                       attempts=0, next_attempt_at=None):
+        return True
+    text = (f"Training run #{run.id} stopped and scheduled retraining will not try again: "
+            f"{sunset.ORG_BLOCKED}")
+    if run.trigger == "schedule":
         sunset.notify_once(step.services, sunset.stop_key("openai", "org_blocked"), "sunset",
-                           f"Training run #{run.id} stopped and scheduled retraining will not "
-                           f"try again: {sunset.ORG_BLOCKED}")
+                           text)
+    else:  # an admin asked for this run: they hear how it ended, however often they ask
+        _notify(step.services, "run_failed", text, run.id, error_code=sunset.ORG_BLOCKED_CODE,
+                error_message=sunset.ORG_BLOCKED)
     return True
 
 

@@ -65,13 +65,19 @@ def _refusal(summary: str, reason: str, **kwargs: object) -> StartResult:
     return StartResult(summary=summary, reason=reason, **kwargs)  # type: ignore[arg-type]
 
 
-def _precheck(services, session: Session, force: bool) -> StartResult | None:  # noqa: ANN001
-    """The refusals that need no snapshot: disabled, cutoff, active run, too few examples."""
+def _precheck(services, session: Session, force: bool,  # noqa: ANN001
+              ask_again_as: str | None = None) -> StartResult | None:
+    """The refusals that need no snapshot: disabled, cutoff, active run, too few examples.
+    `ask_again_as`: the admin whose forced retrain asks OpenAI again after it refused us."""
     from sop_pipeline.examples import example_counts
 
     settings = services.settings
     if settings.training_backend == "none":
         return _refusal(RETRAINING_DISABLED, "disabled")
+    if ask_again_as and settings.training_backend == "openai":
+        # an admin asked in person: OpenAI may have enabled fine-tuning again, so ask once more
+        # (a refusal before the snapshot commits rolls this back with the session)
+        sunset.clear_org_blocked(session, actor=ask_again_as)
     refused = sunset_refusal(services, session)
     if refused is not None:
         return refused
@@ -131,7 +137,8 @@ def start_run(
 
     settings = services.settings
     with services.session() as session:
-        refused = _precheck(services, session, force)
+        ask_again_as = (requested_by or "admin") if force and not dry_run else None
+        refused = _precheck(services, session, force, ask_again_as)
         if refused is not None:
             return refused
         try:

@@ -16,7 +16,8 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
 
 from sop_pipeline.models import ProcessedEvent
 
@@ -37,8 +38,12 @@ ORG_BLOCKED = (
     "OpenAI answered that this organisation may no longer fine-tune (OpenAI closed self-serve "
     "fine-tuning to organisations that never fine-tuned, or had no fine-tuned-model traffic "
     "in 60 days), so SOP Bot has stopped asking it. The active model keeps drafting until "
-    "OpenAI retires it. " + SWITCH_HOW
+    "OpenAI retires it. " + SWITCH_HOW + " If OpenAI enables fine-tuning for your "
+    "organisation again, an admin's /sop-retrain (or `sop-bot retrain --force`) asks it once "
+    "more."
 )
+# A 403 that names missing key scopes is a restricted API key, not the organisation's sunset.
+KEY_SCOPE_WORDS = ("missing scopes", "insufficient permissions", "api.fine_tuning")
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,24 @@ def report(services) -> list[dict]:  # noqa: ANN001 - Services
         blocked = org_blocked(session)
     return [availability(name, model_for(settings, name), today, org_blocked=blocked).to_dict()
             for name in configured_backends(settings)]
+
+
+def is_key_scope_refusal(message: str) -> bool:
+    """True when OpenAI's 403 says the API key lacks a permission (fixable by the admin)."""
+    lowered = message.lower()
+    return any(word in lowered for word in KEY_SCOPE_WORDS)
+
+
+def clear_org_blocked(session: Session, *, actor: str) -> bool:
+    """Forget OpenAI's refusal (an admin asked to try again), audited; True if it was set."""
+    from sop_pipeline import audit
+
+    if not org_blocked(session):
+        return False
+    session.execute(delete(ProcessedEvent).where(col(ProcessedEvent.key) == ORG_BLOCKED_KEY))
+    audit.record(session, actor=actor, action="sunset.org_block_cleared", subject="openai",
+                 reason="a forced retrain asks OpenAI once more")
+    return True
 
 
 def claim_org_blocked(session: Session) -> bool:

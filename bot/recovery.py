@@ -12,14 +12,16 @@ from slack_sdk.errors import SlackApiError
 
 from bot.runtime import BotContext
 from sop_pipeline.generation.recovery import fail_abandoned_drafts, fail_own_drafts
+from sop_pipeline.housekeeping import prune_once_a_day
 
 log = logging.getLogger(__name__)
 RECOVERY_INTERVAL_MINUTES = 5
 
 
 def recover_abandoned_drafts(ctx: BotContext) -> int:
-    """Fail abandoned drafts and replace their placeholders, and post approval confirmations
-    a crash left owed; returns how many drafts were found. At start-up this catches every
+    """Fail abandoned drafts and replace their placeholders, post approval confirmations a
+    crash left owed, and once a day forget old delivery claims; returns how many drafts were
+    found. At start-up this catches every
     draft of a previous start of this process at once (its start id differs), with or
     without the scheduler."""
     from bot.approvals import post_owed_confirmations
@@ -32,6 +34,10 @@ def recover_abandoned_drafts(ctx: BotContext) -> int:
         posted = 0
     if posted:
         log.info("posted %d approval confirmation(s) a crash left owed", posted)
+    try:
+        prune_once_a_day(ctx.services)
+    except Exception:  # noqa: BLE001 - housekeeping must never stop recovery; tomorrow again
+        log.exception("housekeeping failed")
     return count
 
 

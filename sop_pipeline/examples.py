@@ -78,6 +78,8 @@ class ApprovalResult:
     example: TrainingExample | None = None
     findings: list = field(default_factory=list)
     counts: ExampleCounts | None = None
+    # The example was stored renumbered by an older release and now has the verbatim text.
+    text_restored: bool = False
 
     @property
     def stored(self) -> bool:
@@ -97,7 +99,9 @@ class ApprovalResult:
         if self.status == ApprovalStatus.REAPPROVED:
             return f"Training example {number} was retracted and is approved again{progress}."
         if self.status == ApprovalStatus.DUPLICATE:
-            return f"This SOP is already training example {number}; nothing was added."
+            restored = (" Its training text now keeps your numbering." if self.text_restored
+                        else "")
+            return f"This SOP is already training example {number}; nothing was added.{restored}"
         from sop_pipeline.sop_format import summarize
 
         return (
@@ -181,6 +185,7 @@ class PreparedSop:
     digest: str = ""
     tokens: int = 0
     title: str = ""
+    wording: str = ""  # sop_format.wording_fingerprint(canonical)
 
     @property
     def compliant(self) -> bool:
@@ -190,6 +195,7 @@ class PreparedSop:
 def prepare_sop(text: str, template: Any, settings: Settings) -> PreparedSop:
     """Parse and validate `text`; compliant SOPs also get their canonical text, hash and size."""
     from sop_pipeline.sop_format import is_compliant, parse, render_training_text, validate
+    from sop_pipeline.sop_format.wording import wording_fingerprint
 
     sop = parse(text, template)
     findings = list(validate(
@@ -200,7 +206,7 @@ def prepare_sop(text: str, template: Any, settings: Settings) -> PreparedSop:
     # The author's numbering and words, as approved: never renumbered (issue #13).
     canonical = render_training_text(sop, template)
     return PreparedSop(findings, canonical, content_hash(canonical), count_tokens(canonical),
-                       (sop.title or "").strip())
+                       (sop.title or "").strip(), wording_fingerprint(canonical))
 
 
 def approve_sop(
@@ -224,9 +230,12 @@ def approve_sop(
 
     Non-compliant text is refused with findings and nothing stored. The same SOP text, or the
     same Slack message, approved again returns status "duplicate" with the existing example;
-    a retracted example approved again becomes approved ("reapproved"). `with_counts=False`
-    skips the pool counts (bulk import does not show them per file). `prepared` is
-    `prepare_sop(text, ...)` when the caller did it before opening its transaction.
+    a retracted example approved again becomes approved ("reapproved"). The same SOP stored
+    renumbered by a release before issue #13 (same wording, another text) gets the verbatim
+    text, keeping its id, and counts as the same example ("duplicate" or "reapproved", with
+    `text_restored`). `with_counts=False` skips the pool counts (bulk import does not show
+    them per file). `prepared` is `prepare_sop(text, ...)` when the caller did it before
+    opening its transaction.
     """
     prepared = prepared or prepare_sop(text, template, settings)
     findings = prepared.findings
@@ -237,11 +246,26 @@ def approve_sop(
     def counts() -> ExampleCounts | None:
         return example_counts(session, settings) if with_counts else None
 
+    from sop_pipeline.legacy_text import renumbered_twin, restore_text
+
+    twin = renumbered_twin(session, prepared, slack_channel, slack_ts)
+    if twin is not None and restore_text(session, twin, prepared, approver):
+        restored = get_example(session, twin.id) if twin.id is not None else None
+        assert restored is not None  # the row the UPDATE just changed
+        status = ApprovalStatus.DUPLICATE
+        if restored.status == ExampleStatus.RETRACTED and _reapprove(session, restored, approver):
+            session.refresh(restored)
+            status = ApprovalStatus.REAPPROVED
+        _embed_after_commit(session, settings, restored)
+        return ApprovalResult(status, restored, findings, counts(), text_restored=True)
+
     values = {
         "prompt": (prompt or "").strip() or default_prompt(prepared.title),
         "sop_text": canonical,
         "title": prepared.title,
         "content_hash": digest,
+        "wording_hash": prepared.wording,
+        "legacy_text": False,
         "source": source,
         "source_path": source_path,
         "slack_channel": slack_channel,

@@ -34,6 +34,8 @@ class FileOutcome:
     findings: list = field(default_factory=list)
     error: str | None = None  # why a file is unreadable or skipped
     notes: list[str] = field(default_factory=list)  # e.g. the encoding was a guess
+    # The example was stored renumbered by a release before issue #13; now it is verbatim.
+    text_restored: bool = False
 
     @property
     def imported(self) -> bool:
@@ -45,8 +47,12 @@ class FileOutcome:
             text = "would be imported" if dry_run else "imported"
             if self.status == ApprovalStatus.REAPPROVED:
                 text += " (again; it had been retracted)"
+            if self.text_restored:
+                text += f" as #{self.example_id}: {self._restored(dry_run)}"
         elif self.status == ApprovalStatus.DUPLICATE:
             text = "already present"
+            if self.text_restored:
+                text += f" (#{self.example_id}): {self._restored(dry_run)}"
         elif self.status == ApprovalStatus.NOT_COMPLIANT:
             first = next((f for f in self.findings if f.severity == "error"), None)
             text = f"not compliant: {first.message if first else 'see the findings'}"
@@ -58,6 +64,11 @@ class FileOutcome:
             text += "; note: " + " ".join(self.notes)
         return text
 
+    def _restored(self, dry_run: bool) -> str:
+        if dry_run:
+            return "importing would restore your numbering in its training text"
+        return "its training text now keeps your numbering"
+
     def line(self, dry_run: bool = False) -> str:
         return f"{self.path}: {self.triage(dry_run)}"
 
@@ -67,6 +78,7 @@ class FileOutcome:
             "status": "imported" if self.imported else self.status,
             "triage": self.triage(dry_run),
             "example_id": self.example_id,
+            "text_restored": self.text_restored,
             "error": self.error,
             "notes": list(self.notes),
             "findings": [
@@ -272,7 +284,8 @@ def _import_one(
         raise
     example_id = result.example.id if result.example is not None else None
     return FileOutcome(
-        path, result.status, example_id=example_id, findings=result.findings, notes=notes
+        path, result.status, example_id=example_id, findings=result.findings, notes=notes,
+        text_restored=result.text_restored,
     )
 
 
@@ -282,13 +295,15 @@ def _dry_run_one(
     """What importing would do, by reading only."""
     from sqlmodel import select
 
+    from sop_pipeline.legacy_text import renumbered_twin
     from sop_pipeline.models import ExampleStatus, TrainingExample
 
     if not prepared.compliant:
         return FileOutcome(
             path, ApprovalStatus.NOT_COMPLIANT, findings=prepared.findings, notes=notes
         )
-    existing = session.exec(
+    twin = renumbered_twin(session, prepared)
+    existing = twin or session.exec(
         select(TrainingExample).where(TrainingExample.content_hash == prepared.digest)
     ).first()
     if existing is None:
@@ -299,4 +314,4 @@ def _dry_run_one(
         status = ApprovalStatus.DUPLICATE
     example_id = existing.id if existing is not None else None
     return FileOutcome(path, status, example_id=example_id, findings=prepared.findings,
-                       notes=notes)
+                       notes=notes, text_restored=twin is not None)

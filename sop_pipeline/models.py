@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlmodel import Field, SQLModel
 
@@ -83,6 +84,14 @@ class TrainingExample(SQLModel, table=True):
     sop_text: str = Field(sa_column=Column(Text, nullable=False))
     title: str = ""
     content_hash: str = Field(unique=True, index=True, max_length=64)
+    # sop_format.wording_fingerprint(sop_text): finds the renumbered text an older release
+    # stored for the same SOP (issue #13). Not unique: such a database may already hold both
+    # texts of one SOP, and SOPs that differ only in title share it.
+    wording_hash: str | None = Field(default=None, index=True, max_length=64)
+    # True for rows stored before verbatim training text (issue #13, migration 0003): their
+    # text may be renumbered, and approving the same wording again restores it. Rows stored
+    # since are the author's text as approved (False) and are never rewritten.
+    legacy_text: bool = Field(default=False, sa_column_kwargs={"server_default": true()})
     source: str = Field(default="slack", max_length=20)  # slack | import | generation
     source_path: str | None = None
     slack_channel: str | None = Field(default=None, max_length=32)

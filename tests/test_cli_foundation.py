@@ -52,7 +52,8 @@ def sop_bot(cli_env: dict):  # noqa: ANN201
 def test_every_command_has_help(sop_bot) -> None:  # noqa: ANN001
     for args in (
         ["import"], ["validate"], ["dataset", "export"], ["dataset", "check"],
-        ["examples", "list"], ["examples", "show"], ["examples", "retract"], ["audit", "export"],
+        ["examples", "list"], ["examples", "show"], ["examples", "retract"],
+        ["examples", "renumbered"], ["audit", "export"],
     ):
         result = sop_bot(*args, "--help")
         assert result.exit_code == 0, (args, result.output)

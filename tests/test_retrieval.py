@@ -221,9 +221,14 @@ def test_migration_downgrade_and_upgrade_rebuild_the_index(services):
     with services.engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
     assert not any(search.is_index_table(t) for t in tables)
-    # writes while the index is gone are picked up when it is built again
-    add_rows(services, [("Operation of Fluid Bed Dryer", "fluid bed dryer",
-                         "Load the bowl and start drying.")])
+    # writes while the index is gone are picked up when it is built again (in SQL: the
+    # model's later columns are not there at 0001)
+    with services.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO training_example (title, prompt, sop_text, content_hash, source, "
+            "approved_at, status, token_count, created_at) VALUES ('Operation of Fluid Bed "
+            "Dryer', 'fluid bed dryer', 'Load the bowl and start drying.', :hash, 'slack', "
+            "CURRENT_TIMESTAMP, 'approved', 0, CURRENT_TIMESTAMP)"), {"hash": "f" * 64})
     db.upgrade(services.engine)
     after = found(services, "cleaning calibration")
     assert ids_before[0] not in after

@@ -1,4 +1,4 @@
-"""`sop-bot import`, `sop-bot validate` and `sop-bot examples list|show|retract`."""
+"""`sop-bot import`, `sop-bot validate` and `sop-bot examples list|show|retract|renumbered`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
     group.command("list")(list_command)
     group.command("show")(show_command)
     group.command("retract")(retract_command)
+    group.command("renumbered")(renumbered_command)
     app.add_typer(group, name="examples")
 
 
@@ -328,3 +329,47 @@ def _status_of(session: Session, example_id: int) -> str | None:
 
     example = get_example(session, example_id)
     return example.status if example else None
+
+
+@friendly
+def renumbered_command() -> None:
+    """List approved examples whose text looks renumbered by a release before issue #13.
+
+    Those releases turned wrapped lines into new steps and renumbered the steps after them
+    ("5.2 cleaning operation and ..."); only examples stored then are checked. The author's
+    numbering is not in the database, so
+    nothing is changed here: re-import the original file or approve the original Slack
+    message again, and the example keeps its id and gets the author's text. Exit code 1
+    when some example looks renumbered.
+    """
+    from sop_pipeline.legacy_text import renumbered_examples
+
+    services = load_services()
+    try:
+        with services.session() as session:
+            suspects, checked = renumbered_examples(session)
+    finally:
+        services.engine.dispose()
+    if not suspects:
+        console.print(f"None of the {checked} approved examples stored before verbatim "
+                      "training text looks renumbered; nothing to do.", highlight=False)
+        return
+    for suspect in suspects:
+        count = len(suspect.lines)
+        line = (f"#{suspect.example_id} {suspect.title or '(no title)'}: {count} numbered "
+                f"line{'s' if count != 1 else ''} continue the line before, e.g. "
+                f"\"{suspect.lines[0]}\"")
+        if suspect.same_wording:
+            others = ", ".join(f"#{i}" for i in suspect.same_wording)
+            line += (f"; {others} has the same words, so the SOP is stored twice: retract "
+                     f"#{suspect.example_id} once you have checked it")
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f"{len(suspects)} of {checked} approved examples stored before verbatim training "
+        "text look renumbered (wrapped lines stored as new steps). Their text cannot be "
+        "restored without the original: re-import the original file with `sop-bot import "
+        "<file>` or approve the original Slack message again; each keeps its id and gets "
+        "your numbering.",
+        highlight=False, markup=False, soft_wrap=True,
+    )
+    raise typer.Exit(1)

@@ -13,6 +13,12 @@ servers living in this process; the fake provider holds every chat completion fo
                  same Slack and provider calls, on the same server (uvicorn).
 * textbook-socket: the same app over Socket Mode.
 
+Each measured burst follows a small unmeasured one (2 /sop + 2 approvals), so the figures are
+those of a bot that has been running; --cold measures the first burst after a start, which
+also pays one-time costs (SQLAlchemy compiling each query shape, regular expressions,
+connections opened). The fake provider runs in a process of its own
+(benchmarks/fake_provider.py), as a real provider is another machine.
+
 For each burst size (--sizes: that many concurrent /sop, plus --reactions approvals, each
 re-delivered once as Slack does) it prints ack p50/p95/p99; per draft, the time from sending
 its /sop to the first draft text a user sees (the first streamed append, or the finished
@@ -36,13 +42,14 @@ Exit status 1 when anything was lost or duplicated (timings are reported, not en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +62,8 @@ REQUESTER = "UREQ00001"
 APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine, line {n}"
+WARM_REQUEST = "Write an SOP for cleaning of the coating pan, warm-up request {n}"
+WARM_UP = 2  # /sop commands and approvals in the unmeasured burst before the measured one
 CONFIRMATION = "Added as training example"  # the textbook app's thread reply
 CONFIRM_REACTION = "inbox_tray"  # the bot's quiet confirmation (bot.approvals)
 APPS = ("bot-socket", "bot-http", "textbook-http", "textbook-socket")
@@ -72,6 +81,7 @@ class Options:
     seed: int = 1
     apps: list[str] = field(default_factory=lambda: ["bot-socket", "bot-http", "textbook-http"])
     library: int = 0
+    cold: bool = False  # measure the first burst after start (no warm-up burst)
 
 
 @dataclass
@@ -103,6 +113,7 @@ class Figures:
     idle_rss_mb: float
     peak_rss_mb: float
     library: int = 0
+    cold: bool = False
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -255,7 +266,6 @@ def run(options: Options, *, out: Callable[[str], None] = print) -> list[Figures
 
 def run_one(options: Options, app: str, size: int) -> Figures:
     """One app under one burst: `size` concurrent /sop plus the approvals."""
-    from tests.fakes.openai_fake import FakeOpenAI
     from tests.fakes.slack_fake import FakeSlack, user_reacts
     from tests.fakes.socket_mode import FakeSocketMode
     from tests.support.bot_process import BotProcess, bot_env, free_port
@@ -264,12 +274,10 @@ def run_one(options: Options, app: str, size: int) -> Figures:
     textbook = app.startswith("textbook")
     with tempfile.TemporaryDirectory(prefix="sop-load-") as tmp, \
             FakeSlack(lifetime_seconds=options.timeout + 120) as fake_slack, \
-            FakeOpenAI(contract=False) as fake_openai, FakeSocketMode() as fake_socket:
+            _fake_provider(options.provider_latency) as openai_url, \
+            FakeSocketMode() as fake_socket:
         workdir = Path(tmp)
         database_url, drop = _database(options, workdir)
-        if options.provider_latency > 0:
-            fake_openai.inject("POST", "/chat/completions", kind="timeout",
-                               hold=options.provider_latency, times=None)
         targets = [fake_slack.user_posts(CHANNEL, AUTHOR, text)
                    for text in _sop_texts(options.reactions)]
         for ts in targets:
@@ -281,7 +289,7 @@ def run_one(options: Options, app: str, size: int) -> Figures:
             extra.update(slack_app_token="xapp-1-load", probe_port=str(port))
         env = bot_env(database_url=database_url, data_dir=workdir / "data",
                       slack_url=fake_slack.base_url, bot_token=fake_slack.bot_token,
-                      openai_url=fake_openai.base_url, port=port,
+                      openai_url=openai_url, port=port,
                       sop_approvers=APPROVER, sop_watched_channels=CHANNEL,
                       log_level="WARNING", **extra)
         bot = BotProcess(env, workdir / "bot", name=app)
@@ -298,6 +306,8 @@ def run_one(options: Options, app: str, size: int) -> Figures:
                 preload(database_url, options.library)
                 library = options.library
             idle = bot.rss_kib()["VmRSS"] / 1024
+            if not options.cold:
+                _warm_up(options, bot, fake_slack, fake_socket if socket_mode else None)
             figures = _fire(options, app, size, bot, fake_slack, fake_socket if socket_mode
                             else None, targets, database_url, idle)
             figures.library = library
@@ -307,8 +317,25 @@ def run_one(options: Options, app: str, size: int) -> Figures:
     return figures
 
 
+@contextlib.contextmanager
+def _fake_provider(latency: float) -> Iterator[str]:
+    """The fake OpenAI in its own process (benchmarks/fake_provider.py); yields its URL."""
+    import subprocess
+
+    script = Path(__file__).with_name("fake_provider.py")
+    with subprocess.Popen([sys.executable, str(script), str(latency)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None and process.stdin is not None
+        try:
+            yield process.stdout.readline().strip()
+        finally:
+            process.stdin.close()
+            process.wait(timeout=30)
+
+
 def _build_requests(options: Options, commands: int, bot, targets: list[str],  # noqa: ANN001
-                    response_url: str) -> tuple[list[str], list[dict], list[str]]:
+                    response_url: str, request: str = REQUEST,
+                    ) -> tuple[list[str], list[dict], list[str]]:
     """The /sop commands and reaction events, signed as Slack would send them, shuffled; each
     reaction is re-delivered once at the end (X-Slack-Retry-Num), as Slack does. Also each
     request's key: its /sop text, or the reacted message's ts."""
@@ -322,7 +349,7 @@ def _build_requests(options: Options, commands: int, bot, targets: list[str],  #
                                                                       **kwargs)})
 
     client = Recorder(bot.url, response_url=response_url)
-    requests = [REQUEST.format(n=n + 1) for n in range(commands)]
+    requests = [request.format(n=n + 1) for n in range(commands)]
     jobs: list[tuple[str, object]] = [("command", r) for r in requests]
     jobs += [("reaction", (ts, None)) for ts in targets]
     random.Random(options.seed).shuffle(jobs)
@@ -416,16 +443,42 @@ def _textbook_examples(path: Path) -> dict[str, int]:
         return {ts: 1 for (ts,) in database.execute("SELECT ts FROM example")}
 
 
+def _send(options: Options, bot, fake_slack, fake_socket, built: list[dict],  # noqa: ANN001
+          concurrency: int) -> dict:
+    if fake_socket is not None:
+        return _send_socket_mode(fake_socket, built, timeout=30.0)
+    return _send_all(bot, built, concurrency, Path(bot.workdir))
+
+
+def _warm_up(options: Options, bot, fake_slack, fake_socket) -> None:  # noqa: ANN001
+    """A small unmeasured burst first, so the figures are those of a running bot: a process's
+    first requests also pay one-time costs (SQLAlchemy compiling each query shape, regular
+    expressions, connections opened), and a bot that serves a team has long paid them.
+    `--cold` measures the first burst after a start instead."""
+    from tests.fakes.slack_fake import user_reacts
+
+    targets = [fake_slack.user_posts(CHANNEL, AUTHOR, text)
+               for text in _sop_texts(WARM_UP + options.reactions)[-WARM_UP:]]
+    for ts in targets:
+        user_reacts(fake_slack, CHANNEL, ts, APPROVER)
+    requests, built, _ = _build_requests(options, WARM_UP, bot, targets,
+                                         fake_slack.response_url("w"), WARM_REQUEST)
+    completions = Completions()
+    fake_slack.before_call = completions
+    _send(options, bot, fake_slack, fake_socket, built, WARM_UP)
+    done = completions.wait(len(requests), len(targets), timeout=options.timeout)
+    fake_slack.before_call = None
+    if not done:
+        raise RuntimeError("the warm-up burst did not finish; see the bot's log")
+
+
 def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  # noqa: ANN001
           targets: list[str], database_url: str, idle_mb: float) -> Figures:
     requests, built, keys = _build_requests(options, size, bot, targets,
                                             fake_slack.response_url("r"))
     completions = Completions()
     fake_slack.before_call = completions
-    if fake_socket is not None:
-        sent = _send_socket_mode(fake_socket, built, timeout=30.0)
-    else:
-        sent = _send_all(bot, built, size, Path(bot.workdir))
+    sent = _send(options, bot, fake_slack, fake_socket, built, size)
     started, results = sent["started"], sent["results"]
     acks = [r["ms"] for r in results]
     sent_at: dict[str, float] = {}  # first delivery of each /sop text or reacted ts
@@ -470,9 +523,9 @@ def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  
         first_text_p50_s=p(first_text, 0.50, 2), first_text_p99_s=p(first_text, 0.99, 2),
         draft_done_p99_s=p(draft_done, 0.99, 2),
         approval_p50_ms=p(approvals, 0.50, 1), approval_p99_ms=p(approvals, 0.99, 1),
-        examples_stored=sum(examples.values()), lost=lost_d + lost_a,
+        examples_stored=sum(examples.get(ts, 0) for ts in targets), lost=lost_d + lost_a,
         duplicated=dup_d + dup_a, idle_rss_mb=round(idle_mb, 1), peak_rss_mb=round(peak, 1),
-        problems=problems[:20],
+        cold=options.cold, problems=problems[:20],
     )
 
 
@@ -480,8 +533,11 @@ def _print(row: list[Figures], options: Options, out: Callable[[str], None]) -> 
     """One table: a column per app, a line per figure."""
     first = row[0]
     library = f", {options.library} SOPs in the bot's library" if options.library else ""
+    burst = ("the first burst after start" if options.cold
+             else f"after a warm-up burst of {WARM_UP} /sop + {WARM_UP} approvals")
     out(f"\n{first.commands} concurrent /sop + {first.reactions} approvals (each re-delivered "
-        f"once), provider latency {first.provider_latency_s:g} s, {first.database}{library}")
+        f"once), provider latency {first.provider_latency_s:g} s, {first.database}{library}, "
+        f"{burst}")
     width = max(16, *(len(f.app) + 2 for f in row))
 
     def line(label: str, values: list[str]) -> None:
@@ -528,6 +584,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
                              "(benchmarks.library.preload)")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for every draft and approval to finish")
+    parser.add_argument("--cold", action="store_true",
+                        help="measure the first burst after start (default: a small warm-up "
+                             "burst first, as a bot that has been running)")
     parser.add_argument("--quick", action="store_true",
                         help="a small run for tests: 4 commands, 3 reactions, 0.2 s latency")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
@@ -539,7 +598,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     options = Options(sizes=[int(n) for n in args.sizes.split(",")], reactions=args.reactions,
                       provider_latency=args.provider_latency, database=args.database,
                       database_url=args.database_url, timeout=args.timeout, apps=apps,
-                      library=args.library)
+                      library=args.library, cold=args.cold)
     if args.quick:
         options.sizes, options.reactions = [4], 3
         options.provider_latency, options.timeout = 0.2, 60.0

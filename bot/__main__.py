@@ -62,6 +62,7 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     from sop_pipeline import tokens
     from sop_pipeline.charts import record_chart_url
     from sop_pipeline.notifications import FanOutNotifier, LoggingNotifier
+    from sop_pipeline.providers import ProviderConfigError
     from sop_pipeline.services import build_services
     from sop_pipeline.training.scheduler import build_scheduler
 
@@ -71,6 +72,12 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     # first burst's drafting threads, where they held back every acknowledgement (load
     # benchmark, 50 /sop: ack p99 2.1 s -> 0.95 s).
     tokens.warm_up()
+    # The provider client likewise (its SSL context and transport imports, ~50 ms of CPU):
+    # built lazily, the first burst's drafts all waited on its lock while one thread built it.
+    try:
+        services.openai_client()
+    except ProviderConfigError as exc:  # drafts will say so in their threads
+        log.warning("%s", exc)
     context = build_context(services)
     admin_notifier = None
     if settings.sop_admin_channel:

@@ -83,7 +83,7 @@ def fetch_message(ctx: BotContext, channel: str, ts: str) -> dict | None:
 
 def candidate_for_generation(ctx: BotContext, channel: str, ts: str) -> Candidate | None:
     """The bot's own draft when `ts` is its reply (or the request it answered)."""
-    with ctx.services.session() as session:
+    with ctx.services.read_session() as session:
         row = find_generation_by_message(session, channel, ts)
     if row is None:
         return None
@@ -108,7 +108,7 @@ def candidate_for_message(ctx: BotContext, channel: str, ts: str) -> Candidate:
     thread_ts = message.get("thread_ts") or ts
     prompt = None
     if thread_ts != ts:
-        with ctx.services.session() as session:
+        with ctx.services.read_session() as session:
             parent = find_generation_by_message(session, channel, thread_ts)
         prompt = parent.request if parent is not None else None
     text = sop_text_from_files(ctx, message.get("files") or []) or message.get("text") or ""
@@ -236,7 +236,7 @@ def ephemeral(ctx: BotContext, channel: str, user: str, text: str,
 
 def _result(ctx: BotContext, row: ApprovalConfirmation) -> ApprovalResult:
     """The approval's outcome as the approver reads it (counts as of now)."""
-    with ctx.services.session() as session:
+    with ctx.services.read_session() as session:
         example = get_example(session, row.example_id) if row.example_id else None
         counts = (example_counts(session, ctx.settings)
                   if row.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED)
@@ -287,11 +287,16 @@ def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
     makes a re-delivered event answer once; it commits with the example and the owed
     confirmation, so a redelivery after a crash posts a confirmation that never went out."""
     if claim_key is not None:
-        with ctx.services.session() as session:
-            owed_row = confirmations.owed(session, claim_key, ctx.services.clock())
-            session.commit()  # the owed row is taken for this process
-        if owed_row is not None:  # handled before, answer lost: answer now
-            announce(ctx, owed_row)
+        with ctx.services.read_session() as session:
+            answered = confirmations.posted(session, claim_key)
+        if answered:  # Slack's redelivery of an approval already confirmed
+            return
+        if answered is False:  # handled before, answer lost: answer now
+            with ctx.services.session() as session:
+                owed_row = confirmations.owed(session, claim_key, ctx.services.clock())
+                session.commit()  # the owed row is taken for this process
+            if owed_row is not None:
+                announce(ctx, owed_row)
             return
     try:
         candidate = find_candidate(ctx, channel, ts)

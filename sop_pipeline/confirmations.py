@@ -35,6 +35,13 @@ def record(session: Session, *, key: str, channel: str, thread_ts: str, reacted_
     return row
 
 
+def posted(session: Session, key: str) -> bool | None:
+    """Whether the confirmation for `key` went out: None when none was recorded (read-only,
+    so a redelivery of a confirmed approval needs no write lock to be told apart)."""
+    row = session.get(ApprovalConfirmation, key[:200])
+    return None if row is None else row.posted_at is not None
+
+
 def owed(session: Session, key: str, now: datetime | None = None) -> ApprovalConfirmation | None:
     """The confirmation for `key` when it was recorded, never posted, and nobody alive is
     still about to post it (its process start is gone, or the grace time has passed); taken

@@ -69,6 +69,13 @@ class Services:
         """A new session; callers commit explicitly (or use `db.session_scope`)."""
         return Session(self.engine, expire_on_commit=False)
 
+    def read_session(self) -> Session:
+        """A session that only reads. On SQLite it begins DEFERRED, so it never queues for
+        the one write lock that approvals and drafts take (BEGIN IMMEDIATE); it must not
+        write. On PostgreSQL it is an ordinary session."""
+        return Session(self.engine.execution_options(sqlite_begin="DEFERRED"),
+                       expire_on_commit=False)
+
     def draft_session(self) -> Session:
         """A session for a draft's library read, from the drafts' share of the connection
         pool: however many drafts run, `approval_reserve` connections stay free for

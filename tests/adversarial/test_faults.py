@@ -214,7 +214,7 @@ def test_an_approval_interrupted_by_kill9_is_stored_when_slack_redelivers_it(
     release.set()
     # neither the example nor the event's claim was committed: the re-delivery is processed
     assert rows(bot_process, TrainingExample) == []
-    assert rows(bot_process, ProcessedEvent) == []
+    assert [e.key for e in rows(bot_process, ProcessedEvent) if e.key.startswith("event:")] == []
 
     bot_process.start()
     # Slack re-delivers (at least) events whose handling it could not see finish.

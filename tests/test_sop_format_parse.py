@@ -282,6 +282,61 @@ def test_units_and_symbols_survive_cleaning() -> None:
     assert sop.sections[0].body == "5 m² at 25 °C, ±0.1 µL, ½ dose"
 
 
+def test_markdown_backslash_escapes_are_markup() -> None:
+    r"""Word, Pandoc and Slack copy-paste write "5\.1", "\*", "\_", "\#": the backslash goes,
+    so "5\.1" is step 5.1 and "\*\*Note\*\*" reads as "**Note**" typed plain."""
+    text = (
+        r"Title: Cleaning of the \#2 Hopper" "\n"
+        r"5\.0 Procedure\:" "\n"
+        r"5\.1 Clean the hopper\." "\n"
+        r"5\.1\.1 Wipe the *lid\_seal* with 70\% IPA \(fresh\)\." "\n"
+        r"\- Mix 2 \* 3 parts; \*\*Note\*\* the \[batch\] \<number\>\!" "\n"
+    )
+    sop = parse(text)
+    assert sop.title == "Cleaning of the #2 Hopper"
+    procedure = sop.section("procedure")
+    assert procedure is not None and procedure.label == "5.0"
+    assert [(i.marker, i.level, i.text) for i in procedure.items] == [
+        ("5.1", 1, "Clean the hopper."),
+        ("5.1.1", 2, "Wipe the lid_seal with 70% IPA (fresh)."),
+        ("-", 1, "Mix 2 * 3 parts; Note the [batch] <number>!"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        r"C:\QA\SOP",  # Windows paths, word for word
+        r"C:\QA\SOP\_archive\*.docx",
+        r"D:\_records",
+        r"\\qa-server\sops\v2.1",  # a UNC path
+        r"\d{3}-\d{2}",  # a pattern
+        "`C:\\*.txt`",  # in a code span too
+        r"x \\ y and a lone \ backslash",  # a doubled backslash stays, as Markdown's "\\"
+    ],
+)
+def test_backslashes_that_are_not_markdown_escapes_survive(literal: str) -> None:
+    sop = parse(f"Title: T\n5.0 Procedure:\n5.1 Save to {literal} now\n")
+    expected = literal.replace("`", "")  # the code-span marks are markup, their text is not
+    assert steps(sop) == [f"Save to {expected} now"]
+
+
+def test_an_html_line_break_is_a_new_line_and_a_space_inside_a_table_cell() -> None:
+    text = (
+        "Title: T\n5.0 Procedure:\n5.1 Switch off.<br>5.2 Unplug.<BR/>\n"
+        "5.3 Open the lid<br />and wipe it.\n"
+        "| Input | Purchase need<br>List of Qualified Suppliers |\n"
+    )
+    assert [(i.marker, i.text) for i in parse(text).section("procedure").items] == [  # type: ignore[union-attr]
+        ("5.1", "Switch off."),
+        ("5.2", "Unplug."),  # a "<br>" at a line end adds nothing
+        ("5.3", "Open the lid and wipe it."),  # a broken line joins its item, as any wrap
+        (None, "Input | Purchase need List of Qualified Suppliers"),
+    ]
+    # Slack sends a typed "<br>" as "&lt;br&gt;".
+    assert steps(parse("Title: T\n5.0 Procedure:\n5.1 a&lt;br&gt;5.2 b\n")) == ["a", "b"]
+
+
 def test_a_custom_template_changes_what_counts_as_a_heading(tmp_path: Path) -> None:
     path = tmp_path / "mini.toml"
     path.write_text(

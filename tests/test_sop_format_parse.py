@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sop_pipeline.sop_format import SOP, Item, load_template, parse
+from sop_pipeline.sop_format import SOP, Item, load_template, parse, training_text
 
 FIXTURES = Path(__file__).parent / "data" / "sops"
 HOUSE_KEYS = [
@@ -176,6 +176,22 @@ def test_markdown_subheadings_inside_a_section_are_content() -> None:
     sop = parse("# T\n## Procedure\n### Hopper\n1. clean it\n### Turret\n2. wipe it\n")
     assert keys(sop) == ["procedure"]
     assert steps(sop) == ["Hopper", "clean it", "Turret", "wipe it"]
+
+
+def test_a_subheading_is_never_continued_by_the_line_under_it() -> None:
+    """ "### Retention Periods" straight above its text (no blank line) stays a line of its
+    own; joined, the heading's words had become part of the first sentence."""
+    text = (
+        "# T\n## Procedure\n### Retention Periods\nRecords are kept for 10 years.\n"
+        "**Note:**\nkeep the lid closed.\n- wipe it\n"
+    )
+    sop = parse(text)
+    assert steps(sop) == [
+        "Retention Periods", "Records are kept for 10 years.", "Note:", "keep the lid closed.",
+        "wipe it",
+    ]
+    training = training_text(text)
+    assert training_text(training) == training
 
 
 # --- steps and sub-numbering ---------------------------------------------------------------

@@ -81,6 +81,7 @@ class _Builder:
         self.dotted_items = False
         self.pending_target: Item | Section | None = None
         self.pending_parts: list[str] = []
+        self.heading_item: Item | None = None  # "### Sub-heading": never continued by a line
 
     @property
     def current(self) -> Section | None:
@@ -154,6 +155,7 @@ class _Builder:
         self.base_indent = None
         self.next_plain = None
         self.dotted_items = False
+        self.heading_item = None
         self.section_hashes = line.hashes
         if key:
             self.seen.add(key)
@@ -204,6 +206,7 @@ class _Builder:
             self._flush()
             level = self._level(line, depth)
             section.items.append(Item(number=number, text=text, level=level, marker=marker))
+            self.heading_item = section.items[-1] if line.marked else None
             if number is not None:
                 self.next_plain = int(number) + 1 if number.isdigit() else None
                 self.dotted_items = self.dotted_items or "." in number
@@ -218,6 +221,7 @@ class _Builder:
             self._flush()
             level = section.items[-1].level if section.items else 1
             section.items.append(Item(number=None, text=text, level=level))
+            self.heading_item = section.items[-1] if line.marked else None
         elif section.items and self._joinable(section.items[-1], text):
             self._continue(section.items[-1], text)
         elif section.items:  # "5.1 0." then "0": joined, it would read as a new marker
@@ -227,6 +231,8 @@ class _Builder:
             self._continue(section, text)
 
     def _joinable(self, item: Item, text: str) -> bool:
+        if item is self.heading_item:
+            return False  # a Markdown heading is a line of its own, however short
         if self.pending_target is item:
             return True
         return _strip_one_marker(f"{item.text} {text}") is None

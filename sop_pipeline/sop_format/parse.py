@@ -460,6 +460,12 @@ def _match_unknown_numbered(
     return _unknown(number, label, rest, allow_bare=line.marked or bool(looks))
 
 
+def looks_like_heading(text: str) -> bool:
+    """ "DISTRIBUTION" or "Document Type Abbreviations" on a line of its own reads as a heading;
+    a sentence or a lone abbreviation does not."""
+    return bool(_looks_like_heading(text))
+
+
 def _looks_like_heading(text: str) -> str:
     """ "caps" for "DISTRIBUTION" or "REFERENCES / ANNEXURES", "title" for "Revision
     History", "" for anything that reads as a sentence or a lone abbreviation."""

@@ -393,13 +393,17 @@ def test_training_text_is_stable_for_generated_sops(text: str) -> None:
     assert_faithful(once, training_text(once, TEMPLATE))
 
 
-# Words with backslashes (escapes, paths, doubled ones) and HTML line breaks. No ":" or "|":
-# a line broken into "1. a" and "b :" joins into a heading when read again, escaped or not.
+# Words with backslashes (escapes, paths, doubled ones), or plain words with HTML line breaks.
+# No ":" or "|", and no break inside a "_span_": a line broken into "1. a" and "b :", or
+# "_> a" and "b_", joins into a heading or a quote when read again, escaped or not.
 ESCAPED_PHRASE = st.lists(
     st.text(alphabet="ab1.\\*_#`<>-", min_size=1, max_size=6)
-    | st.sampled_from([r"\\srv\QA\SOP", r"5\.1", r"\\", r"\*\*x\*\*", r"\- a", r"\#\# b"])
+    | st.sampled_from([r"\\srv\QA\SOP", r"5\.1", r"\\", r"\*\*x\*\*", r"\- a", r"\#\# b"]),
+    min_size=1,
+    max_size=8,
+).map(" ".join) | st.lists(
     # A break before a lower-case word, where a wrap could be too (see `rewrap`).
-    | st.sampled_from(["a<br>b", "a <br/> b", "a<BR />b", "a&lt;br&gt;b"]),
+    st.sampled_from(["mix", "10 kg", "a<br>b", "a <br/> b", "a<BR />b", "a&lt;br&gt;b"]),
     min_size=1,
     max_size=8,
 ).map(" ".join)

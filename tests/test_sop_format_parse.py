@@ -363,6 +363,22 @@ def test_a_custom_template_changes_what_counts_as_a_heading(tmp_path: Path) -> N
     assert keys(sop) == ["why", "how"]
 
 
+def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
+    """Found by the generated-SOP properties: "5.1 `| 0" wrapped onto "0`" cleans to "| 0 0";
+    the training text "5.1 | 0 0" read again is step 5.1 in a table cell, "0 0"."""
+    text = "Title: T\n5.0 Procedure:\n5.1 `| 0\n0`\n5.2 b\n5.3 c\n"
+    training = training_text(text)
+    assert training_text(training) == training
+    assert parse(text).section("procedure").items[0] == Item("5.1", "0 0")  # type: ignore[union-attr]
+    # "> |0": the table row inside a quote reads as the "|0" it leaves in the training text.
+    quoted = "Title: T\n5.0 Procedure:\n> | IPA | Isopropyl Alcohol |\n5.1 a\n> |0\n"
+    assert steps(parse(quoted)) == ["IPA | Isopropyl Alcohol", "a 0"]
+    assert training_text(training_text(quoted)) == training_text(quoted)
+    # "6.0 Abbreviations: 10 X 0|0": a definition inline, but a section "10 X 0" on its own line.
+    inline = "Title: T\n5.0 Procedure:\n5.1 a\n6.0 Abbreviations: 10 X 0|0\n"
+    assert training_text(training_text(inline)) == training_text(inline)
+
+
 # --- robustness ----------------------------------------------------------------------------
 
 SOPISH = st.lists(

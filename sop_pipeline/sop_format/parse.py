@@ -188,7 +188,13 @@ class _Builder:
         Alcohol" is already the first definition."""
         section = self.current
         assert section is not None
-        if self._kind() == "definitions" and is_definition(text):
+        if (
+            self._kind() == "definitions"
+            and is_definition(text)
+            # On a line of its own (as the training text writes it), "10 X 0|0" would open a
+            # section "10 X 0": then it stays the body, as written.
+            and _match_heading(Line(text=text), self.template, self._context()) is None
+        ):
             section.items.append(Item(number=None, text=text))
         else:
             section.body = text
@@ -249,7 +255,14 @@ class _Builder:
         if target is None:
             return
         if isinstance(target, Item):  # joining can pair up "*", so clean the joined text
-            target.text = clean_inline(" ".join([target.text, *parts]))
+            text = clean_inline(" ".join([target.text, *parts]))
+            if target.marker:
+                # Read as the training text will be read again: "5.1 `| 0" + "0`" cleans to
+                # "| 0 0", and "5.1 | 0 0" is step 5.1 in a table cell, "0 0".
+                marker, number, rest, _depth = split_marker_as_written(f"{target.marker} {text}")
+                if marker and rest:
+                    target.marker, target.number, text = marker, number, rest
+            target.text = text
         else:
             target.body = clean_inline(" ".join([target.body, *parts]))
         self.pending_target, self.pending_parts = None, []

@@ -209,7 +209,8 @@ def _table_row(text: str) -> str:
 
 def _clean_line(raw: str) -> Line | None:
     indent = len(raw) - len(raw.lstrip())
-    text = _table_row(raw.strip())
+    unquoted = _QUOTE.sub("", raw.strip()).strip()  # "> | a | b |": a table in a quote
+    text = _table_row(unquoted)
     marked = False
     hashes = 0
     code = _CODE_LINE.match(text) is not None
@@ -232,7 +233,7 @@ def _clean_line(raw: str) -> Line | None:
         return None  # rules, "---", "..." and stray bullets carry nothing
     if code:
         text = f"`{text}`"  # kept a literal, so that approved again it still is not a heading
-    table_row = raw.strip().startswith("|") and "|" in raw.strip()[1:]
+    table_row = unquoted.startswith("|") and "|" in unquoted[1:]
     return Line(
         text=text, indent=indent, marked=marked, hashes=hashes, code=code, table_row=table_row
     )

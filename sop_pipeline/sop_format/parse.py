@@ -82,6 +82,7 @@ class _Builder:
         self.pending_target: Item | Section | None = None
         self.pending_parts: list[str] = []
         self.heading_item: Item | None = None  # "### Sub-heading": never continued by a line
+        self.item_context: tuple[Item, _Context] | None = None  # see `_append`
 
     @property
     def current(self) -> Section | None:
@@ -192,8 +193,9 @@ class _Builder:
             self._kind() == "definitions"
             and is_definition(text)
             # On a line of its own (as the training text writes it), "10 X 0|0" would open a
-            # section "10 X 0": then it stays the body, as written.
+            # section "10 X 0" and "5.1 | 1" be step 5.1: then it stays the body, as written.
             and _match_heading(Line(text=text), self.template, self._context()) is None
+            and split_marker_as_written(text)[0] is None
         ):
             section.items.append(Item(number=None, text=text))
         else:
@@ -209,10 +211,8 @@ class _Builder:
         if not any(ch.isalnum() for ch in text):
             return  # "1. ;" is a marker with nothing behind it
         if marker is not None:
-            self._flush()
             level = self._level(line, depth)
-            section.items.append(Item(number=number, text=text, level=level, marker=marker))
-            self.heading_item = section.items[-1] if line.marked else None
+            self._append(section, Item(number=number, text=text, level=level, marker=marker), line)
             if number is not None:
                 self.next_plain = int(number) + 1 if number.isdigit() else None
                 self.dotted_items = self.dotted_items or "." in number
@@ -224,24 +224,37 @@ class _Builder:
             or (line.gap and bool(section.items))
             or (kind == "items" and not section.items)
         ):
-            self._flush()
             level = section.items[-1].level if section.items else 1
-            section.items.append(Item(number=None, text=text, level=level))
-            self.heading_item = section.items[-1] if line.marked else None
+            self._append(section, Item(number=None, text=text, level=level), line)
         elif section.items and self._joinable(section.items[-1], text):
             self._continue(section.items[-1], text)
         elif section.items:  # "5.1 0." then "0": joined, it would read as a new marker
-            self._flush()
-            section.items.append(Item(number=None, text=text, level=section.items[-1].level))
+            self._append(section, Item(number=None, text=text, level=section.items[-1].level), line)
         else:
             self._continue(section, text)
 
+    def _append(self, section: Section, item: Item, line: Line) -> None:
+        """Add an item, remembering the context its line was read in: a line joined to it
+        later is checked in that context, as the training text will be read again."""
+        self._flush()
+        self.item_context = (item, self._context())
+        section.items.append(item)
+        self.heading_item = item if line.marked else None
+
     def _joinable(self, item: Item, text: str) -> bool:
+        """Whether `text` continues `item`: not after a heading, and not when the joined line
+        would read as something else ("5.1 0." + "0", or "2. X" + "0|", a heading "X 0")."""
         if item is self.heading_item:
             return False  # a Markdown heading is a line of its own, however short
-        if self.pending_target is item:
-            return True
-        return _strip_one_marker(f"{item.text} {text}") is None
+        parts = self.pending_parts if self.pending_target is item else []
+        joined = " ".join([item.text, *parts, text])
+        if not parts and _strip_one_marker(joined) is not None:
+            return False
+        line = Line(text=" ".join(part for part in (item.marker, clean_inline(joined)) if part))
+        remembered, context = self.item_context or (None, self._context())
+        if remembered is not item:
+            context = self._context()
+        return _match_heading(line, self.template, context) is None
 
     def _continue(self, target: Item | Section, text: str) -> None:
         """Collect the lines of a wrapped item; joined once (linear time, however long)."""
@@ -263,8 +276,11 @@ class _Builder:
                 if marker and rest:
                     target.marker, target.number, text = marker, number, rest
             target.text = text
-        else:
-            target.body = clean_inline(" ".join([target.body, *parts]))
+        else:  # "Abbreviations:" then "ABC1:" and "1": joined, the first definition
+            joined = clean_inline(" ".join([target.body, *parts]))
+            target.body = ""
+            self.pending_target, self.pending_parts = None, []
+            self._inline(joined)
         self.pending_target, self.pending_parts = None, []
 
     def _level(self, line: Line, depth: int | None) -> int:
@@ -355,7 +371,12 @@ def split_marker_as_written(text: str) -> tuple[str | None, str | None, str, int
     if text is original:
         return None, None, text.strip(), None
     written = original[: len(original) - len(text)].replace("|", " ").strip()
-    written = " ".join("-" if _BULLET.match(part + " ") else part for part in written.split())
+    parts = written.split()
+    # A leading bullet of any shape is written "-"; after a number ("2. *") it stays, since
+    # "2. -" would read as the heading "2." with a dash.
+    if parts and _BULLET.match(parts[0] + " "):
+        parts[0] = "-"
+    written = " ".join(parts)
     return written, number, text.strip(), depth
 
 

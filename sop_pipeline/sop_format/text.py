@@ -226,7 +226,7 @@ def _clean_line(raw: str) -> Line | None:
             marked = True
         if _whole_bold(text):
             marked = True
-        text = clean_inline(text)
+        text = _table_row(clean_inline(text))  # "` `|1" cleans to "|1", which reads as "1"
         if text == before:
             break
     if not any(ch.isalnum() for ch in text):

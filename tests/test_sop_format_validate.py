@@ -139,6 +139,66 @@ def test_step_gaps_and_steps_numbered_for_another_section() -> None:
     assert findings["item_number_mismatch"].severity == "warning"
 
 
+def test_a_duplicated_step_number_is_a_warning_and_nothing_is_renumbered() -> None:
+    text = COMPLETE.replace("5.3 Wash", "5.2 Wash")
+    findings = findings_for(text)
+    assert [(f.code, f.severity, f.message) for f in findings] == [(
+        "duplicate_step_number", "warning",
+        "In 5.0 Procedure, step 5.2 appears more than once. "
+        "Renumber the steps so each number is used once.",
+    )]
+    assert is_compliant(findings)
+    procedure = parse(text).section("procedure")
+    assert [i.marker for i in procedure.items] == ["5.1", "5.2", "5.2"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ["1. Switch off.", "1. Open.", "1. Wash."],  # Markdown's "1." on every line: 1, 2, 3
+        ["1. Switch off.", "2. Open.", "Then the sieve:", "1. Lift it.", "2. Wash it."],
+        ["5.1 Switch off.", "5.1.1 Unplug.", "5.1.2 Lock.", "5.2 Open.", "5.2.1 Lift."],
+    ],
+)
+def test_lists_that_start_again_are_not_duplicates(steps: list[str]) -> None:
+    text = COMPLETE.replace(
+        "5.1 Switch off the sifter.\n5.2 Remove the sieve and the gaskets.\n"
+        "5.3 Wash them with purified water.",
+        "\n".join(steps),
+    )
+    assert findings_for(text) == []
+
+
+def test_a_sub_step_without_its_step_is_a_numbering_gap() -> None:
+    text = COMPLETE.replace("5.2 Remove", "5.2.1 Remove").replace(
+        "5.3 Wash them with purified water.", "5.2.2 Wash them with purified water.\n5.3 Dry."
+    )
+    assert [(f.code, f.message) for f in findings_for(text)] == [(
+        "numbering_gap",
+        "In 5.0 Procedure, step 5.2.1 comes before any step 5.2. "
+        "Add step 5.2 or renumber the sub-steps.",
+    ), (
+        "numbering_gap",
+        "In 5.0 Procedure, step 5.3 follows 5.1. Renumber the steps so none is skipped.",
+    )]
+    # A version number in a list elsewhere ("- 0.0.1 - Initial draft") is no step.
+    history = COMPLETE + "\n## History\n- 0.0.1 - Initial draft.\n- 0.0.2 - Review.\n"
+    assert [f.code for f in findings_for(history)] == ["extra_section"]
+
+
+def test_a_template_can_make_duplicate_step_numbers_an_error(tmp_path: Path) -> None:
+    source = (Path(__file__).parents[1] / "sop_pipeline" / "templates" / "house.toml").read_text()
+    path = tmp_path / "strict.toml"
+    assert 'duplicate_step_numbers = "warning"' in source
+    path.write_text(source.replace('duplicate_step_numbers = "warning"',
+                                   'duplicate_step_numbers = "error"'))
+    template = load_template(path)
+    text = COMPLETE.replace("5.3 Wash", "5.2 Wash")
+    findings = validate(parse(text, template), template)
+    assert [(f.code, f.severity) for f in findings] == [("duplicate_step_number", "error")]
+    assert not is_compliant(findings)
+
+
 @pytest.mark.parametrize("body", ["", " ...", " TBD", " …"])
 def test_empty_and_placeholder_sections_are_errors(body: str) -> None:
     text = COMPLETE.replace(" Production Manager", body)

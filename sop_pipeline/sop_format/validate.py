@@ -226,7 +226,7 @@ def _check_section(section: Section, template: Template) -> Iterator[Finding]:
         yield from _check_steps(section, spec, template)
     if spec is not None and spec.kind == "paragraph":
         yield from _check_stray_subsections(section, spec)
-    yield from _check_item_numbers(section, name)
+    yield from _check_item_numbers(section, name, template)
 
 
 def _is_empty(section: Section, template: Template) -> bool:
@@ -273,10 +273,14 @@ def _check_stray_subsections(section: Section, spec: SectionSpec) -> Iterator[Fi
         )
 
 
-def _check_item_numbers(section: Section, name: str) -> Iterator[Finding]:
+def _check_item_numbers(section: Section, name: str, template: Template) -> Iterator[Finding]:
     """Within a section, numbered items must count up by one at each level: 5.3 then 5.5
-    is a gap; 4.1 under 5.0 is numbered for the wrong section."""
+    is a gap, and so is 5.2.1 with no 5.2 before it; 5.3 twice is a duplicate; 4.1 under
+    5.0 is numbered for the wrong section. Nothing is renumbered: these are for the author."""
     last: dict[tuple[int, ...], int] = {}
+    seen: set[tuple[int, ...]] = set()
+    orphaned: set[tuple[int, ...]] = set()  # parents reported missing, each once
+    duplicated: set[tuple[int, ...]] = set()
     mismatch_reported = False
     for item in section.items:
         parts = _numeric_parts(item.number)
@@ -292,7 +296,30 @@ def _check_item_numbers(section: Section, name: str) -> Iterator[Finding]:
                 f"Renumber the steps so none is skipped.",
                 section.key,
             )
+        elif len(prefix) >= 2 and prefix[0] == section.major and prefix not in seen | orphaned:
+            orphaned.add(prefix)
+            parent = ".".join(map(str, prefix))
+            yield _error(
+                "numbering_gap",
+                f"In {name}, step {item.number} comes before any step {parent}. "
+                f"Add step {parent} or renumber the sub-steps.",
+                section.key,
+            )
+        elif len(parts) == 1 and value == 1:
+            # A plain list that starts again at 1 is a new list (under a new sub-heading, or
+            # Markdown's "1." on every line, which shows 1, 2, 3): not a duplicate.
+            seen = {numbers for numbers in seen if len(numbers) > 1}
+        elif parts in seen and parts not in duplicated:
+            duplicated.add(parts)
+            yield Finding(
+                "duplicate_step_number",
+                template.duplicate_step_numbers,
+                f"In {name}, step {item.number} appears more than once. "
+                "Renumber the steps so each number is used once.",
+                section.key,
+            )
         last[prefix] = value
+        seen.add(parts)
         major = section.major
         if len(parts) > 1 and major is not None and parts[0] != major and not mismatch_reported:
             mismatch_reported = True

@@ -178,6 +178,21 @@ def test_markdown_subheadings_inside_a_section_are_content() -> None:
     assert steps(sop) == ["Hopper", "clean it", "Turret", "wipe it"]
 
 
+@pytest.mark.parametrize("title", ["Title: CAPA SOP", "---\nrevision: 1\ntitle: CAPA SOP\n---"])
+def test_after_a_title_line_a_top_level_markdown_heading_is_a_section(title: str) -> None:
+    """As in RDM's SOPs (YAML front matter, then "# Approvals"): each "#" heading before the
+    first house section is a section of its own, not stray text line by line."""
+    text = f"{title}\n# Approvals\nSign the table.\n# Purpose\nTo track CAPAs.\n"
+    sop = parse(text)
+    assert sop.title == "CAPA SOP"
+    assert [(s.key, s.heading, [i.text for i in s.items], s.body) for s in sop.sections] == [
+        (None, "Approvals", ["Sign the table."], ""),
+        ("objective", "Purpose", [], "To track CAPAs."),
+    ]
+    # Without a "Title:" line the first "#" heading is still the title.
+    assert parse("# CAPA SOP\n## Purpose\nTo track CAPAs.\n").title == "CAPA SOP"
+
+
 def test_a_subheading_is_never_continued_by_the_line_under_it() -> None:
     """ "### Retention Periods" straight above its text (no blank line) stays a line of its
     own; joined, the heading's words had become part of the first sentence."""

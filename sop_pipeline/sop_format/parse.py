@@ -76,6 +76,7 @@ class _Builder:
         self.last_major = 0
         self.section_hashes = 0
         self.title_hashes = 0  # "#" level of the first Markdown heading before any section
+        self.title_line = False  # the title came from a "Title: ..." (or YAML "title:") line
         self.base_indent: int | None = None
         self.next_plain: int | None = None  # after item "3." of the current section: 4
         self.dotted_items = False
@@ -128,6 +129,7 @@ class _Builder:
         self.title = match.group("title").strip() or None
         self.title_hashes = 1  # a "## Heading" after "Title: ..." is a section of its own
         self.title_pending = self.title is None
+        self.title_line = self.title is not None
         # Only a line long enough to have been hard-wrapped can continue on the next line.
         self.title_open = self.title is not None and len(line.text) >= _WRAPPED_TITLE
         return True
@@ -142,6 +144,7 @@ class _Builder:
             in_items=current is not None and (spec is None or spec.kind == "items"),
             section_hashes=self.section_hashes,
             title_hashes=self.title_hashes,
+            title_line=self.title_line,
             next_plain=self.next_plain,
             dotted_items=self.dotted_items,
         )
@@ -301,6 +304,7 @@ class _Context:
     in_items: bool
     section_hashes: int
     title_hashes: int = 0  # the "#" level of the Markdown heading taken as the title
+    title_line: bool = False  # the title came from a "Title: ..." line
     next_plain: int | None = None  # the number a plain "1.", "2." list would take next
     dotted_items: bool = False  # the current section numbers its items "5.1", "5.2"
 
@@ -430,8 +434,12 @@ def _match_heading(line: Line, template: Template, context: _Context) -> _Headin
         return _Heading(number, spec, heading, body, label)
     if not context.has_section:
         # Before the first known section, "# 21 CFR Part 11" is a title; a "## Summary"
-        # after a "#" title (or a second "##") is a section of its own, never stray text.
-        if line.hashes and context.title_hashes and line.hashes >= max(context.title_hashes, 2):
+        # after a "#" title (or a second "##") is a section of its own, never stray text,
+        # and so is any "# Approvals" once a "Title:" line (or YAML "title:") named the SOP.
+        if line.hashes and (
+            context.title_line
+            or (context.title_hashes and line.hashes >= max(context.title_hashes, 2))
+        ):
             return _unknown(number, label, rest, allow_bare=True)
         return None
     if number_match is not None:

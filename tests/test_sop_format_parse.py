@@ -406,6 +406,7 @@ def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
         "Title: T\n6.0 Abbreviations: 5.1 | 1\n",  # on its own line, step 5.1
         "Title: T\n5.0 Procedure:\n` `|1\n",  # cleaned to "|1", a table row
         "Title: T\n1.0 Objective:\n1.1 0\n2. * a|\n",  # "2. -" would read as a heading
+        "Title: T\n3.0 Responsibility:\n3.1 a\n3.2 b\n4. a\\ :\n",  # "a\\:" is an escape
     ],
 )
 def test_lines_that_would_read_differently_when_read_again_are_kept_apart(text: str) -> None:

@@ -28,7 +28,7 @@ def render_training_text(sop: SOP, template: Template | None = None) -> str:
     for section in sop.sections:
         spec = template.spec(section.key)
         known_yet = known_yet or spec is not None
-        head = _heading(section) + ":"
+        head = _with_colon(_heading(section))
         if spec is None and (not section.label or not known_yet):
             # Without a number, or before the first house section, only the Markdown mark
             # keeps it a heading ("## Summary:", "## 1. General Considerations:").
@@ -75,7 +75,7 @@ def render_markdown(sop: SOP, template: Template | None = None) -> str:
         spec = template.spec(section.key)
         heading = f"## {_heading(section)}"
         if section.body and (spec is None or spec.kind == "items"):
-            heading += f": {section.body}"  # a paragraph here would read back as a step
+            heading = f"{_with_colon(heading)} {section.body}"  # else it reads back as a step
         elif section.body:
             blocks.append(heading)
             heading = section.body
@@ -110,6 +110,11 @@ def render_structure(sop: SOP, template: Template | None = None) -> dict[str, An
 def _heading(section: Section) -> str:
     """ "5.0 Procedure", "Section 5 Method" or "References": number and words as written."""
     return " ".join(part for part in (section.label, section.heading) if part)
+
+
+def _with_colon(heading: str) -> str:
+    """ "Heading:"; after a trailing backslash, " :", since "\\:" would read as an escape."""
+    return f"{heading} :" if heading.endswith("\\") else f"{heading}:"
 
 
 def _item_line(item: Item) -> str:

@@ -66,3 +66,21 @@ def test_docx_is_also_written_to_a_path(tmp_path):
     _, _, data = _export("06_balance_calibration.md", path=out)
     assert out.read_bytes() == data
     assert docx.Document(str(out)).paragraphs
+
+
+def test_docx_keeps_the_numbers_and_headings_as_written():
+    """The .docx shows what is approved: "Steps" with "1)", "a)" and bullets, not a
+    renumbered "5.0 Procedure" with "5.1" (issue #13)."""
+    template = sop_format.load_template(None)
+    sop = sop_format.parse(
+        "Title: T\nPurpose: Keep it clean.\nSteps:\n1) Switch off.\n   a) Unplug.\n2) Open.\n"
+        "- Wipe.\n", template,
+    )
+    data = to_docx(sop, template, model=MODEL, generated_at=WHEN)
+    document = docx.Document(io.BytesIO(data))
+    headings = [p.text for p in document.paragraphs if p.style.name == "Heading 1"]
+    assert headings == ["Purpose", "Steps"]
+    items = [p for p in document.paragraphs if "\t" in p.text]
+    assert [p.text for p in items] == ["1)\tSwitch off.", "a)\tUnplug.", "2)\tOpen.", "-\tWipe."]
+    indents = [p.paragraph_format.left_indent for p in items]
+    assert indents[1] > indents[0] == indents[2] == indents[3]

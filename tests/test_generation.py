@@ -584,6 +584,24 @@ def test_a_draft_left_streaming_by_a_dead_worker_can_be_run_again(services, fake
     assert run_generation(services, row.id).status == "completed"
 
 
+def test_a_draft_keeps_the_models_own_numbering_and_reports_a_duplicate(services, fake_openai):
+    """Issue #13: the draft shown, approved and exported is numbered as the model wrote it;
+    a duplicated step number is a finding the reviewer sees, never silently renumbered."""
+    written = house_sop("Cleaning of Tablet Press").replace(
+        "5.3 Clean the parts", "5.2 Clean the parts"
+    )
+    fake_openai.chat_responses.append(written)
+
+    result = generate(services, REQUEST, "U1")
+
+    assert result.text == written
+    assert [(f.code, f.severity) for f in result.findings] == [("duplicate_step_number", "warning")]
+    assert result.compliant is True and result.repair_rounds == 0
+    structure = sop_format.render_structure(result.sop, services.template)
+    assert [item["number"] for item in structure["sections"][4]["items"]] == ["5.1", "5.2", "5.2"]
+    assert "\n\n5.2 Remove" in result.markdown and "\n\n5.2 Clean" in result.markdown
+
+
 def test_a_failed_repair_keeps_the_complete_first_draft(database_url, tmp_path, fake_openai):
     settings = make_settings(database_url, tmp_path / "d", openai_base_url=fake_openai.base_url,
                              provider_max_retries=0)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import textwrap
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from random import Random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -251,6 +252,44 @@ def test_rewrapping_a_compliant_sop_changes_nothing(path: Path, width: int) -> N
     assert_faithful(source, training)
 
 
+# --- Markdown escapes are markup: escaped, the training text does not change ----------------
+
+# CommonMark's escapable characters (ASCII punctuation), less the backslash itself.
+_ESCAPABLE = frozenset("!\"#$%&'()*+,-./:;<=>?@[]^_`{|}~")
+
+
+def escape_markdown(text: str, chosen: Callable[[int], bool] = lambda _: True) -> str:
+    """Put a backslash before the special characters at the positions `chosen` picks, as a
+    Markdown writer (Pandoc, Word's export, Slack's copy) does."""
+    return "".join(
+        f"\\{ch}" if ch in _ESCAPABLE and chosen(i) else ch for i, ch in enumerate(text)
+    )
+
+
+def test_the_escaper_escapes_markdown_characters() -> None:
+    assert escape_markdown("5.1 Mix *2* parts_a") == r"5\.1 Mix \*2\* parts\_a"
+
+
+@pytest.mark.parametrize("path", COMPLIANT, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_fully_escaped_compliant_sop_gives_the_same_training_text(path: Path) -> None:
+    source = text_of(path)
+    assert training_text(escape_markdown(source), TEMPLATE) == training_text(source, TEMPLATE)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(COMPLIANT), st.randoms(use_true_random=False))
+def test_escaping_any_markdown_characters_changes_no_training_text(
+    path: Path, random: Random
+) -> None:
+    source = text_of(path)
+    share = random.random()
+    escaped = escape_markdown(source, lambda _: random.random() < share)
+    training = training_text(escaped, TEMPLATE)
+    assert training == training_text(source, TEMPLATE)
+    assert accepted(escaped)
+    assert "\\" not in training
+
+
 # --- real deviations are still found, each alone --------------------------------------------
 
 BLOCK_FIXTURES = [
@@ -352,3 +391,25 @@ def test_training_text_is_stable_for_generated_sops(text: str) -> None:
     once = training_text(text, TEMPLATE)
     assert training_text(once, TEMPLATE) == once
     assert_faithful(once, training_text(once, TEMPLATE))
+
+
+# Words with backslashes (escapes, paths, doubled ones) and HTML line breaks. No "#": a
+# "# x" line is a Markdown heading, and "## Procedure" under "# x" reads as a sub-heading the
+# training text cannot mark. No "|": "1. |:a" is step 1 in a table cell, written "1. :a",
+# which reads as the heading "1. a". Both open problems of their own, not of escapes.
+ESCAPED_PHRASE = st.lists(
+    st.text(alphabet="ab1.\\*_`<>:-", min_size=1, max_size=6)
+    | st.sampled_from([r"C:\QA\SOP", r"5\.1", r"\\", r"\*\*x\*\*", r"\- a"])
+    | st.sampled_from(["a<br>b", "a <br/> b", "a<BR />b", "a&lt;br&gt;b"]),
+    min_size=1,
+    max_size=8,
+).map(" ".join)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pasted_sops(ESCAPED_PHRASE))
+def test_training_text_with_escapes_and_html_breaks_is_stable(text: str) -> None:
+    once = training_text(text, TEMPLATE)
+    assert training_text(once, TEMPLATE) == once
+    assert "<br>" not in once.casefold() and "<br/>" not in once.casefold()
+

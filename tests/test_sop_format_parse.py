@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sop_pipeline.sop_format import SOP, Item, load_template, parse
+from sop_pipeline.sop_format import SOP, Item, load_template, parse, training_text
 
 FIXTURES = Path(__file__).parent / "data" / "sops"
 HOUSE_KEYS = [
@@ -178,6 +178,37 @@ def test_markdown_subheadings_inside_a_section_are_content() -> None:
     assert steps(sop) == ["Hopper", "clean it", "Turret", "wipe it"]
 
 
+@pytest.mark.parametrize("title", ["Title: CAPA SOP", "---\nrevision: 1\ntitle: CAPA SOP\n---"])
+def test_after_a_title_line_a_top_level_markdown_heading_is_a_section(title: str) -> None:
+    """As in RDM's SOPs (YAML front matter, then "# Approvals"): each "#" heading before the
+    first house section is a section of its own, not stray text line by line."""
+    text = f"{title}\n# Approvals\nSign the table.\n# Purpose\nTo track CAPAs.\n"
+    sop = parse(text)
+    assert sop.title == "CAPA SOP"
+    assert [(s.key, s.heading, [i.text for i in s.items], s.body) for s in sop.sections] == [
+        (None, "Approvals", ["Sign the table."], ""),
+        ("objective", "Purpose", [], "To track CAPAs."),
+    ]
+    # Without a "Title:" line the first "#" heading is still the title.
+    assert parse("# CAPA SOP\n## Purpose\nTo track CAPAs.\n").title == "CAPA SOP"
+
+
+def test_a_subheading_is_never_continued_by_the_line_under_it() -> None:
+    """ "### Retention Periods" straight above its text (no blank line) stays a line of its
+    own; joined, the heading's words had become part of the first sentence."""
+    text = (
+        "# T\n## Procedure\n### Retention Periods\nRecords are kept for 10 years.\n"
+        "**Note:**\nkeep the lid closed.\n- wipe it\n"
+    )
+    sop = parse(text)
+    assert steps(sop) == [
+        "Retention Periods", "Records are kept for 10 years.", "Note:", "keep the lid closed.",
+        "wipe it",
+    ]
+    training = training_text(text)
+    assert training_text(training) == training
+
+
 # --- steps and sub-numbering ---------------------------------------------------------------
 
 
@@ -282,6 +313,61 @@ def test_units_and_symbols_survive_cleaning() -> None:
     assert sop.sections[0].body == "5 m² at 25 °C, ±0.1 µL, ½ dose"
 
 
+def test_markdown_backslash_escapes_are_markup() -> None:
+    r"""Word, Pandoc and Slack copy-paste write "5\.1", "\*", "\_", "\#": the backslash goes,
+    so "5\.1" is step 5.1 and "\*\*Note\*\*" reads as "**Note**" typed plain."""
+    text = (
+        r"Title: Cleaning of the \#2 Hopper" "\n"
+        r"5\.0 Procedure\:" "\n"
+        r"5\.1 Clean the hopper\." "\n"
+        r"5\.1\.1 Wipe the *lid\_seal* with 70\% IPA \(fresh\)\." "\n"
+        r"\- Mix 2 \* 3 parts; \*\*Note\*\* the \[batch\] \<number\>\!" "\n"
+    )
+    sop = parse(text)
+    assert sop.title == "Cleaning of the #2 Hopper"
+    procedure = sop.section("procedure")
+    assert procedure is not None and procedure.label == "5.0"
+    assert [(i.marker, i.level, i.text) for i in procedure.items] == [
+        ("5.1", 1, "Clean the hopper."),
+        ("5.1.1", 2, "Wipe the lid_seal with 70% IPA (fresh)."),
+        ("-", 1, "Mix 2 * 3 parts; Note the [batch] <number>!"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        r"C:\QA\SOP",  # Windows paths, word for word
+        r"C:\QA\SOP\_archive\*.docx",
+        r"D:\_records",
+        r"\\qa-server\sops\v2.1",  # a UNC path
+        r"\d{3}-\d{2}",  # a pattern
+        "`C:\\*.txt`",  # in a code span too
+        r"x \\ y and a lone \ backslash",  # a doubled backslash stays, as Markdown's "\\"
+    ],
+)
+def test_backslashes_that_are_not_markdown_escapes_survive(literal: str) -> None:
+    sop = parse(f"Title: T\n5.0 Procedure:\n5.1 Save to {literal} now\n")
+    expected = literal.replace("`", "")  # the code-span marks are markup, their text is not
+    assert steps(sop) == [f"Save to {expected} now"]
+
+
+def test_an_html_line_break_is_a_new_line_and_a_space_inside_a_table_cell() -> None:
+    text = (
+        "Title: T\n5.0 Procedure:\n5.1 Switch off.<br>5.2 Unplug.<BR/>\n"
+        "5.3 Open the lid<br />and wipe it.\n"
+        "| Input | Purchase need<br>List of Qualified Suppliers |\n"
+    )
+    assert [(i.marker, i.text) for i in parse(text).section("procedure").items] == [  # type: ignore[union-attr]
+        ("5.1", "Switch off."),
+        ("5.2", "Unplug."),  # a "<br>" at a line end adds nothing
+        ("5.3", "Open the lid and wipe it."),  # a broken line joins its item, as any wrap
+        (None, "Input | Purchase need List of Qualified Suppliers"),
+    ]
+    # Slack sends a typed "<br>" as "&lt;br&gt;".
+    assert steps(parse("Title: T\n5.0 Procedure:\n5.1 a&lt;br&gt;5.2 b\n")) == ["a", "b"]
+
+
 def test_a_custom_template_changes_what_counts_as_a_heading(tmp_path: Path) -> None:
     path = tmp_path / "mini.toml"
     path.write_text(
@@ -290,6 +376,44 @@ def test_a_custom_template_changes_what_counts_as_a_heading(tmp_path: Path) -> N
     )
     sop = parse("Title: T\nReason: because\nInstructions:\n- a\n- b\n", load_template(path))
     assert keys(sop) == ["why", "how"]
+
+
+def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
+    """Found by the generated-SOP properties: "5.1 `| 0" wrapped onto "0`" cleans to "| 0 0";
+    the training text "5.1 | 0 0" read again is step 5.1 in a table cell, "0 0"."""
+    text = "Title: T\n5.0 Procedure:\n5.1 `| 0\n0`\n5.2 b\n5.3 c\n"
+    training = training_text(text)
+    assert training_text(training) == training
+    assert parse(text).section("procedure").items[0] == Item("5.1", "0 0")  # type: ignore[union-attr]
+    # "> |0": the table row inside a quote reads as the "|0" it leaves in the training text.
+    quoted = "Title: T\n5.0 Procedure:\n> | IPA | Isopropyl Alcohol |\n5.1 a\n> |0\n"
+    assert steps(parse(quoted)) == ["IPA | Isopropyl Alcohol", "a 0"]
+    assert training_text(training_text(quoted)) == training_text(quoted)
+    # "6.0 Abbreviations: 10 X 0|0": a definition inline, but a section "10 X 0" on its own line.
+    inline = "Title: T\n5.0 Procedure:\n5.1 a\n6.0 Abbreviations: 10 X 0|0\n"
+    assert training_text(training_text(inline)) == training_text(inline)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Title: T\n1.0 Objective:\n1.1 a\n2. X\n0|\n2.0 Scope: b\n",  # joined: a heading "X 0"
+        "Title: T\nScope:\n1. a\nb :\n",  # "1. a b :" would be the heading "a b"
+        "Title: T\n1.0 Objective:\n1.1 a\n2. a\nC:/QA/SOP\n",  # and "a C:" here
+        "Title: T\nResponsibility:\n3.1 1\n2. a\nb :\n2.0 Scope: x\n",  # after "3.1" too
+        "Title: T\nObjective:\n1. `a: a\nb `\n",  # once the code marks are gone
+        "Title: T\n6.0 Abbreviations:\nABC1:\n1\n",  # joined, the first definition
+        "Title: T\n6.0 Abbreviations: 5.1 | 1\n",  # on its own line, step 5.1
+        "Title: T\n5.0 Procedure:\n` `|1\n",  # cleaned to "|1", a table row
+        "Title: T\n1.0 Objective:\n1.1 0\n2. * a|\n",  # "2. -" would read as a heading
+        "Title: T\n3.0 Responsibility:\n3.1 a\n3.2 b\n4. a\\ :\n",  # "a\\:" is an escape
+    ],
+)
+def test_lines_that_would_read_differently_when_read_again_are_kept_apart(text: str) -> None:
+    """Found by the generated-SOP properties: a wrapped line joins its item only when the
+    joined line still reads as that item, so the training text reads back the same."""
+    training = training_text(text)
+    assert training_text(training) == training
 
 
 # --- robustness ----------------------------------------------------------------------------

@@ -3,8 +3,10 @@ importer, `sop-bot validate` and the parser: one true triage line per file, no h
 swallowed, and training text that keeps every numbered line, however the text is wrapped.
 
 The openregulatory files are ISO 13485 QMS procedures with their own headings (Summary,
-General Considerations, Process Steps), so they are not compliant with the house format; the
-tests pin the first finding, which must be a true statement about the document.
+General Considerations, Process Steps), and the innolitics one is RDM's starter CAPA SOP
+(YAML front matter, "# Purpose", "# Work Instruction" with "1." on every step), so none is
+compliant with the house format; the tests pin the first finding, which must be a true
+statement about the document.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SCOPE_MISSING = "not compliant: Section 2.0 Scope is missing. Add it after 1.0 O
 FIRST_FINDING = {
     "cannlytics_control_of_documents.md": SCOPE_MISSING,
     "cannlytics_data_collection.md": SCOPE_MISSING,
+    "innolitics_rdm_capa.md": SCOPE_MISSING,
     "openregulatory_sop_capa.md": OBJECTIVE_MISSING,
     "openregulatory_sop_document_record_control.md": OBJECTIVE_MISSING,
     "openregulatory_sop_internal_audit.md": OBJECTIVE_MISSING,
@@ -188,6 +191,7 @@ HEADING_MAP = {
     "## 2. Process Steps": "## 5.0 Procedure",
     "## Purpose": "## Objective",
     "## Training": "## Responsibility",
+    "# Work Instruction": "# Procedure",
     "Training": "Responsibility",
 }
 
@@ -348,3 +352,42 @@ def test_a_wrapped_url_in_a_definitions_section_is_not_a_definition() -> None:
     assert [i.text for i in section.items] == [
         "SemVer: Semantic Versioning. Retrieved from https://semver.org/spec/v2.0.0.html."
     ]
+
+
+# --- the innolitics CAPA SOP, pinned -----------------------------------------------------------
+
+INNOLITICS = REAL_DIR / "innolitics_rdm_capa.md"
+
+
+def test_the_innolitics_sop_keeps_every_heading_and_its_markdown_numbering() -> None:
+    """RDM's starter SOP: the title from its YAML front matter, every "#" heading a section
+    of its own (it had been stray text up to "# Purpose"), "1." on every step kept as written
+    (Markdown shows 1 to 5) and never reported as a duplicate."""
+    source = text_of(INNOLITICS)
+    sop = parse(source, TEMPLATE)
+    assert sop.title == "CAPA SOP" and sop.preamble == ["revision: 1"]
+    assert [(s.key, s.heading) for s in sop.sections][:3] == [
+        (None, "Approvals"), (None, "Training Record"), ("objective", "Purpose")
+    ]
+    findings = validate_sop(sop, TEMPLATE)
+    assert [f.code for f in findings] == (
+        ["stray_text"] + ["missing_section"] * 5 + ["extra_section"] * 11
+        + ["undefined_abbreviation"] * 2
+    )
+    assert [f.message.split()[2] for f in findings if f.code == "undefined_abbreviation"] == [
+        "SME", "QMS"  # CAPA is defined in Purpose: "corrective action / ... action (CAPA)"
+    ]
+    training = render_training_text(sop, TEMPLATE)
+    assert training.startswith("Title: CAPA SOP\n\n## Approvals:\nAll approvers shall add")
+    assert "\n## Work Instruction:\n1. Ensure you are on the master branch" in training
+    assert training.count("\n1. ") == 5 and "\n2. " not in training
+
+
+def test_the_innolitics_work_instruction_as_the_procedure_has_five_steps_and_no_duplicate() -> None:
+    sop = parse(in_house_headings(text_of(INNOLITICS)), TEMPLATE)
+    procedure = sop.section("procedure")
+    assert procedure is not None
+    assert [item.marker for item in procedure.items] == ["1."] * 5
+    codes = {f.code for f in validate_sop(sop, TEMPLATE)}
+    assert "too_few_steps" not in codes and "duplicate_step_number" not in codes
+

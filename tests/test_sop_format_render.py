@@ -1,4 +1,5 @@
-"""Rendering SOPs in the house format, as Markdown and as a Block Kit-ready structure."""
+"""Rendering SOPs as text, as Markdown and as a Block Kit-ready structure: always as the
+author wrote them (issue #13: renumbering is never silent, it is a finding)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sop_pipeline.sop_format import (
     render_canonical,
     render_markdown,
     render_structure,
+    validate,
 )
 
 FIXTURES = sorted((Path(__file__).parent / "data" / "sops").iterdir())
@@ -61,7 +63,9 @@ def test_the_reference_example_renders_exactly_as_written() -> None:
     assert render_canonical(parse(REFERENCE), TEMPLATE) == REFERENCE
 
 
-def test_the_same_sop_pasted_from_slack_renders_as_the_reference() -> None:
+def test_the_same_sop_pasted_from_slack_keeps_its_own_numbers_and_headings() -> None:
+    """Only the markup goes (bold, bullets' shapes, CRLF, the wrapped line); "1)" stays "1)"
+    and "Purpose" stays "Purpose", where the house text would say "5.1" and "Objective"."""
     slack = (
         "*Standard Cleaning Procedure for Tablet Compression Machine*\r\n"
         "*Purpose*\r\nTo lay down the cleaning procedure for the Tablet Compression Machine.\r\n"
@@ -74,7 +78,19 @@ def test_the_same_sop_pasted_from_slack_renders_as_the_reference() -> None:
         "3) Wipe the turret and the dies with a lint-free cloth soaked in IPA.\r\n"
         "*Definitions*\r\n• SCP - Standard Cleaning Procedure\r\n• IPA = Isopropyl Alcohol\r\n"
     )
-    assert canonicalize(slack, TEMPLATE) == REFERENCE
+    assert canonicalize(slack, TEMPLATE) == (
+        "Title: Standard Cleaning Procedure for Tablet Compression Machine\n\n"
+        "Purpose: To lay down the cleaning procedure for the Tablet Compression Machine.\n\n"
+        "Scope: This SOP shall be applicable for the cleaning of the tablet compression machine "
+        "in the production department.\n\n"
+        "Responsibilities:\n- Execution: Operator\n- Checking: Pharmacist and above\n\n"
+        "Accountable: HOD - Production\n\n"
+        "Steps:\n1) Put 'OFF' the electric supply before the cleaning operation.\n"
+        "2) Remove the hopper and the feed frame and clean them with purified water.\n"
+        "3) Wipe the turret and the dies with a lint-free cloth soaked in IPA.\n\n"
+        "Definitions:\n- SCP - Standard Cleaning Procedure\n- IPA = Isopropyl Alcohol\n"
+    )
+    assert validate(parse(slack), TEMPLATE) == []  # and it follows the house format as it is
 
 
 @pytest.mark.parametrize("path", FIXTURES + BROKEN, ids=lambda p: p.name)
@@ -91,29 +107,30 @@ def test_canonical_text_is_clean_plain_text(path: Path) -> None:
     assert all(line == line.rstrip() for line in text.split("\n"))
     assert "\n\n\n" not in text
     assert not any(mark in text for mark in ("**", "<@", "&amp;", "## "))
-    headings = [line.split(":")[0] for line in text.split("\n\n")[1:]]
-    assert headings == [
-        "1.0 Objective",
-        "2.0 Scope",
-        "3.0 Responsibility",
-        "4.0 Accountability",
-        "5.0 Procedure",
-        "6.0 Abbreviations",
-    ]
+    sop = parse(read(path), TEMPLATE)
+    headings = [block.split("\n")[0] for block in text.split("\n\n")[1:]]
+    assert [h.split(":")[0] for h in headings] == [
+        " ".join(p for p in (s.label, s.heading) if p) for s in sop.sections
+    ]  # each section's own number and heading, in the author's order
+    assert [s.key for s in sop.sections] == [spec.key for spec in TEMPLATE.sections]
 
 
-def test_canonical_rendering_reorders_renumbers_and_uses_template_headings() -> None:
+def test_rendering_keeps_the_authors_order_numbers_and_headings() -> None:
+    """It used to reorder, renumber and rename ("5.1 Stop", "1.0 Objective" first); now the
+    text stays as written and validation tells the author what to change."""
     sop = parse(
         "Title: T\nSteps:\n- Stop\n  - Lock out\n- Open\n- Wipe\nPurpose: Keep it clean\n"
         "## Annexure\nForm 17\nGlossary:\nIPA - Isopropyl Alcohol\n"
     )
     assert render_canonical(sop, TEMPLATE) == (
         "Title: T\n\n"
-        "1.0 Objective: Keep it clean\n\n"
-        "5.0 Procedure:\n5.1 Stop\n5.1.1 Lock out\n5.2 Open\n5.3 Wipe\n\n"
-        "6.0 Abbreviations:\nIPA: Isopropyl Alcohol\n\n"
-        "7.0 Annexure:\n7.1 Form 17\n"
+        "Steps:\n- Stop\n   - Lock out\n- Open\n- Wipe\n\n"
+        "Purpose: Keep it clean\n\n"
+        "## Annexure:\nForm 17\n\n"
+        "Glossary:\nIPA - Isopropyl Alcohol\n"
     )
+    findings = [(f.code, f.section) for f in validate(sop, TEMPLATE)]
+    assert ("wrong_order", "objective") in findings and ("extra_section", None) in findings
 
 
 def test_an_empty_sop_renders_as_empty_text() -> None:
@@ -121,23 +138,47 @@ def test_an_empty_sop_renders_as_empty_text() -> None:
     assert render_markdown(SOP(title=None), TEMPLATE) == ""
 
 
-def test_a_sub_step_without_a_parent_step_is_promoted() -> None:
-    sop = SOP(
-        title="T",
-        sections=[Section("5.0", "procedure", "Procedure", items=[Item("5.1.1", "a", 2)])],
-    )
-    assert render_canonical(sop, TEMPLATE) == "Title: T\n\n5.0 Procedure:\n5.1 a\n"
+def test_a_sub_step_without_a_parent_step_is_kept_and_reported() -> None:
+    """It used to be promoted to "5.1" without a word; now the author is told."""
+    text = "Title: T\n\n5.0 Procedure:\n5.1.1 a\n5.1.2 b\n5.2 c\n"
+    sop = parse(text)
+    assert render_canonical(sop, TEMPLATE) == text
+    assert [(f.code, f.message) for f in validate(sop, TEMPLATE) if f.section == "procedure"] == [
+        ("numbering_gap", "In 5.0 Procedure, step 5.1.1 comes before any step 5.1. "
+         "Add step 5.1 or renumber the sub-steps.")
+    ]
+    items = [Item("5.1.1", "a", 2, "5.1.1")]
+    sop = SOP(title="T", sections=[Section("5.0", "procedure", "Procedure", items=items)])
+    assert render_structure(sop, TEMPLATE)["sections"][0]["items"] == [
+        {"number": "5.1.1", "text": "a", "level": 2}
+    ]
+
+
+def test_a_draft_with_a_numbering_gap_and_a_duplicate_keeps_them_in_every_rendering() -> None:
+    """What the model wrote is what the reviewer sees, approves and exports; the findings
+    say what to fix."""
+    draft = REFERENCE.replace("5.2 Remove", "5.4 Remove").replace("5.3 Wipe", "5.4 Wipe")
+    sop = parse(draft)
+    assert render_canonical(sop, TEMPLATE) == draft
+    markdown = render_markdown(sop, TEMPLATE)
+    assert "\n5.1 Put" in markdown and "\n5.4 Remove" in markdown and "\n5.4 Wipe" in markdown
+    procedure = render_structure(sop, TEMPLATE)["sections"][4]
+    assert [item["number"] for item in procedure["items"]] == ["5.1", "5.4", "5.4"]
+    assert [(f.code, f.severity) for f in validate(sop, TEMPLATE)] == [
+        ("numbering_gap", "error"), ("duplicate_step_number", "warning")
+    ]
 
 
 # --- markdown and structure ----------------------------------------------------------------
 
 
-def test_markdown_uses_headings_and_numbered_lists() -> None:
+def test_markdown_uses_headings_and_keeps_each_step_with_its_own_number() -> None:
     markdown = render_markdown(parse(REFERENCE), TEMPLATE)
     assert markdown.startswith("# Standard Cleaning Procedure for Tablet Compression Machine\n\n")
     assert "## 1.0 Objective\n\nTo lay down" in markdown
-    assert "## 5.0 Procedure\n\n1. Put 'OFF'" in markdown
-    assert "\n- **IPA**: Isopropyl Alcohol\n" in markdown
+    assert "## 5.0 Procedure\n\n5.1 Put 'OFF' the electric supply before the cleaning " \
+        "operation.\n\n5.2 Remove" in markdown
+    assert "\n\nIPA: Isopropyl Alcohol\n" in markdown
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
@@ -146,7 +187,7 @@ def test_markdown_parses_back_to_the_same_sop(path: Path) -> None:
     assert canonicalize(render_markdown(sop, TEMPLATE), TEMPLATE) == render_canonical(sop, TEMPLATE)
 
 
-def test_structure_is_json_ready_and_follows_the_canonical_numbers() -> None:
+def test_structure_is_json_ready_and_keeps_the_numbers_as_written() -> None:
     structure = render_structure(parse(REFERENCE), TEMPLATE)
     assert json.loads(json.dumps(structure)) == structure
     assert structure["title"] == "Standard Cleaning Procedure for Tablet Compression Machine"
@@ -160,9 +201,17 @@ def test_structure_is_json_ready_and_follows_the_canonical_numbers() -> None:
     assert procedure["items"][0] == {
         "number": "5.1",
         "text": "Put 'OFF' the electric supply before the cleaning operation.",
+        "level": 1,
     }
     abbreviation = structure["sections"][5]["items"][1]
-    assert abbreviation == {"number": None, "text": "IPA: Isopropyl Alcohol"}
+    assert abbreviation == {"number": None, "text": "IPA: Isopropyl Alcohol", "level": 1}
+    bullets = render_structure(parse("Title: T\nSteps:\n• a\n  ◦ b\n1) c\n"), TEMPLATE)
+    assert bullets["sections"][0]["number"] is None
+    assert bullets["sections"][0]["items"] == [
+        {"number": "-", "text": "a", "level": 1},
+        {"number": "-", "text": "b", "level": 2},
+        {"number": "1)", "text": "c", "level": 1},
+    ]
 
 
 # --- property: parse -> render -> parse -> render is stable ---------------------------------
@@ -218,3 +267,20 @@ def test_generated_sops_keep_every_section_they_were_written_with(text: str) -> 
     sop = parse(text, TEMPLATE)
     assert all(section.key is not None for section in sop.sections)
     assert canonicalize(render_markdown(sop, TEMPLATE), TEMPLATE) == render_canonical(sop, TEMPLATE)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pasted_sops(PLAIN_PHRASE))
+def test_no_rendering_renumbers_anything(text: str) -> None:
+    """Every renderer shows the numbers the author wrote, in the author's order; read back,
+    the text and the Markdown give the same numbers again."""
+    sop = parse(text, TEMPLATE)
+    written = [(s.label, [i.marker for i in s.items]) for s in sop.sections]
+    structure = render_structure(sop, TEMPLATE)
+    assert [(s["number"], [i["number"] for i in s["items"]]) for s in structure["sections"]] == (
+        written
+    )
+    for rendered in (render_canonical(sop, TEMPLATE), render_markdown(sop, TEMPLATE)):
+        again = parse(rendered, TEMPLATE)
+        assert [(s.label, [i.marker for i in s.items]) for s in again.sections] == written
+

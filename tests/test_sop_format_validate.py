@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from sop_pipeline.sop_format import (
     Finding,
@@ -137,6 +139,66 @@ def test_step_gaps_and_steps_numbered_for_another_section() -> None:
     assert findings["item_number_mismatch"].severity == "warning"
 
 
+def test_a_duplicated_step_number_is_a_warning_and_nothing_is_renumbered() -> None:
+    text = COMPLETE.replace("5.3 Wash", "5.2 Wash")
+    findings = findings_for(text)
+    assert [(f.code, f.severity, f.message) for f in findings] == [(
+        "duplicate_step_number", "warning",
+        "In 5.0 Procedure, step 5.2 appears more than once. "
+        "Renumber the steps so each number is used once.",
+    )]
+    assert is_compliant(findings)
+    procedure = parse(text).section("procedure")
+    assert [i.marker for i in procedure.items] == ["5.1", "5.2", "5.2"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ["1. Switch off.", "1. Open.", "1. Wash."],  # Markdown's "1." on every line: 1, 2, 3
+        ["1. Switch off.", "2. Open.", "Then the sieve:", "1. Lift it.", "2. Wash it."],
+        ["5.1 Switch off.", "5.1.1 Unplug.", "5.1.2 Lock.", "5.2 Open.", "5.2.1 Lift."],
+    ],
+)
+def test_lists_that_start_again_are_not_duplicates(steps: list[str]) -> None:
+    text = COMPLETE.replace(
+        "5.1 Switch off the sifter.\n5.2 Remove the sieve and the gaskets.\n"
+        "5.3 Wash them with purified water.",
+        "\n".join(steps),
+    )
+    assert findings_for(text) == []
+
+
+def test_a_sub_step_without_its_step_is_a_numbering_gap() -> None:
+    text = COMPLETE.replace("5.2 Remove", "5.2.1 Remove").replace(
+        "5.3 Wash them with purified water.", "5.2.2 Wash them with purified water.\n5.3 Dry."
+    )
+    assert [(f.code, f.message) for f in findings_for(text)] == [(
+        "numbering_gap",
+        "In 5.0 Procedure, step 5.2.1 comes before any step 5.2. "
+        "Add step 5.2 or renumber the sub-steps.",
+    ), (
+        "numbering_gap",
+        "In 5.0 Procedure, step 5.3 follows 5.1. Renumber the steps so none is skipped.",
+    )]
+    # A version number in a list elsewhere ("- 0.0.1 - Initial draft") is no step.
+    history = COMPLETE + "\n## History\n- 0.0.1 - Initial draft.\n- 0.0.2 - Review.\n"
+    assert [f.code for f in findings_for(history)] == ["extra_section"]
+
+
+def test_a_template_can_make_duplicate_step_numbers_an_error(tmp_path: Path) -> None:
+    source = (Path(__file__).parents[1] / "sop_pipeline" / "templates" / "house.toml").read_text()
+    path = tmp_path / "strict.toml"
+    assert 'duplicate_step_numbers = "warning"' in source
+    path.write_text(source.replace('duplicate_step_numbers = "warning"',
+                                   'duplicate_step_numbers = "error"'))
+    template = load_template(path)
+    text = COMPLETE.replace("5.3 Wash", "5.2 Wash")
+    findings = validate(parse(text, template), template)
+    assert [(f.code, f.severity) for f in findings] == [("duplicate_step_number", "error")]
+    assert not is_compliant(findings)
+
+
 @pytest.mark.parametrize("body", ["", " ...", " TBD", " …"])
 def test_empty_and_placeholder_sections_are_errors(body: str) -> None:
     text = COMPLETE.replace(" Production Manager", body)
@@ -209,6 +271,121 @@ def test_any_common_definition_style_counts(definitions: str) -> None:
 )
 def test_words_that_are_not_abbreviations_are_not_flagged(step: str) -> None:
     assert findings_for(with_step(step)) == []
+
+
+def undefined(text: str) -> list[str]:
+    """The abbreviations reported as undefined, in order."""
+    return [f.message.split()[2] for f in findings_for(text) if f.code == "undefined_abbreviation"]
+
+
+@pytest.mark.parametrize(
+    ("where", "definition"),
+    [
+        ("step", "Wipe the bowl with Isopropyl Alcohol (IPA) and let it dry."),
+        ("step", "Wipe the bowl with IPA (Isopropyl Alcohol) and let it dry."),
+        ("step", 'Wipe the bowl with isopropyl alcohol ("IPA") and let it dry.'),
+        ("step", "Keep the Isopropyl Alcohols (IPAs) closed."),
+        ("scope", "Applicable to the sifter and its Isopropyl Alcohol (IPA) wipes."),
+        ("title", "Cleaning of Sifter with Isopropyl Alcohol (IPA)"),
+    ],
+)
+def test_an_abbreviation_defined_in_brackets_where_it_is_used_is_defined(
+    where: str, definition: str
+) -> None:
+    text = with_step("Wipe the rollers with IPA.")
+    if where == "step":
+        text = text.replace("5.2 Remove the sieve and the gaskets.", f"5.2 {definition}")
+    elif where == "scope":
+        text = text.replace("Applicable to the vibratory sifter in granulation.", definition)
+    else:
+        text = text.replace("Title: Cleaning of Sifter", f"Title: {definition}")
+    assert undefined(text) == []
+
+
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "Heating, Ventilation and Air Conditioning (HVAC)",
+        "HVAC (Heating, Ventilation and Air Conditioning)",
+        "heating, ventilation and air-conditioning (HVAC)",
+    ],
+)
+def test_a_long_form_with_small_words_between_its_initials_defines_them(phrase: str) -> None:
+    text = with_step("Check the HVAC panel.").replace(
+        "4.0 Accountability: Production Manager",
+        f"4.0 Accountability: Production Manager; the {phrase} plant is Engineering's.",
+    )
+    assert undefined(text) == []
+
+
+@pytest.mark.parametrize(
+    "heading",
+    ["7.0 Definitions and Terms", "## Glossary of Terms", "## Terms and Definitions",
+     "7.0 Acronyms", "Terminology:"],
+)
+def test_entries_of_any_definitions_section_define_their_terms(heading: str) -> None:
+    text = with_step("Send the CoA to the QC lab.", (
+        "CoA: Certificate of Analysis\n\n"
+        f"{heading}\nQC - Quality Control, the laboratory that tests the batch\n"
+    ))
+    assert undefined(text) == []
+    assert undefined(text.replace("QC - Quality", "Quality")) == ["QC"]
+
+
+def test_a_glossary_under_a_sub_heading_defines_its_terms() -> None:
+    """As in the openregulatory SOPs: a "### Document Type Abbreviations" table inside a
+    section defines its terms; a table under the next sub-heading does not."""
+    glossary = (
+        "### Document Type Abbreviations\n> More types will follow.\n"
+        "| Abbreviation | Description |\n|---|---|\n| TPL | Template |\n"
+    )
+    retention = "### Retention Periods\nRecords are kept for 10 years in the LIS.\n"
+    text = with_step(f"File the record under a TPL number.\n{glossary}{retention}")
+    assert undefined(text) == ["LIS"]
+    assert undefined(text.replace(retention, retention + "| LIS | List |\n")) == ["LIS"]
+    assert undefined(text.replace(retention, "| LIS | List |\n" + retention)) == []
+
+
+@pytest.mark.parametrize(
+    ("step", "flagged"),
+    [
+        ("Send it to the QC lab (see 5.1).", ["QC"]),  # brackets that define nothing
+        ("Record it in the log book (BMR).", ["BMR"]),  # the letters do not match
+        ("Run the CIP (clean) cycle.", ["CIP"]),
+        ("Clean with water (QA).", ["QA"]),
+        ("QMS: update the record.", ["QMS"]),  # a colon defines only in a definitions section
+        ("Rinse the HEPA (High Efficiency Particulate Air) and the AHU.", ["AHU"]),
+    ],
+)
+def test_abbreviations_defined_nowhere_are_still_reported(step: str, flagged: list[str]) -> None:
+    assert undefined(with_step(step)) == flagged
+
+
+CONSONANTS = "BCDFGHJKLMNPQRSTWZ"  # no vowels, no Y: never an ordinary word or a roman numeral
+LOWER = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(CONSONANTS), LOWER), min_size=2, max_size=5),
+       st.booleans(), st.booleans())
+def test_initials_in_brackets_next_to_their_long_form_define_the_abbreviation(
+    words: list[tuple[str, str]], short_first: bool, capitalised: bool
+) -> None:
+    initials = "".join(first for first, _ in words)
+    assume(initials not in TEMPLATE.abbreviation_ignore)
+    long_form = " and ".join(
+        (first if capitalised else first.lower()) + rest for first, rest in words
+    )
+    phrase = f"{initials} ({long_form})" if short_first else f"{long_form} ({initials})"
+    text = with_step(f"Check the {initials} daily.").replace(
+        "5.1 Switch off the sifter.", f"5.1 Switch off the {phrase}."
+    )
+    assert undefined(text) == []
+    # With an initial nowhere in the long form, the brackets define nothing.
+    strangers = [c for c in CONSONANTS if c.lower() not in long_form.lower()]
+    assume(strangers and strangers[0] + initials[1:] not in TEMPLATE.abbreviation_ignore)
+    other = strangers[0] + initials[1:]
+    assert undefined(text.replace(initials, other)) == [other]
 
 
 def test_plurals_of_abbreviations_must_be_defined_too() -> None:

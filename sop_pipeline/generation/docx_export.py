@@ -115,14 +115,14 @@ def _header_table(document) -> None:  # noqa: ANN001
 def _section(document, section: dict) -> None:  # noqa: ANN001
     from docx.shared import Pt
 
-    document.add_heading(f"{section['number']} {section['heading']}", level=1)
+    heading = " ".join(part for part in (section.get("number"), section["heading"]) if part)
+    document.add_heading(heading, level=1)
     if section.get("body"):
         document.add_paragraph(section["body"])
     for item in section.get("items", []):
-        number = item.get("number")
+        number = item.get("number")  # as written: "5.1", "1.", "a)", "-" or None
         paragraph = document.add_paragraph()
-        depth = number.count(".") - 1 if number else 0
-        paragraph.paragraph_format.left_indent = Pt(18 * (depth + 1))
+        paragraph.paragraph_format.left_indent = Pt(18 * item.get("level", 1))
         if number:
             paragraph.paragraph_format.first_line_indent = Pt(-18)
             paragraph.add_run(f"{number}\t").bold = True

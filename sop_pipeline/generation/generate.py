@@ -407,7 +407,11 @@ def _finish(
 ) -> GenerationResult:
     """Store the outcome and build the result; a failed run keeps no draft text."""
     completed = draft is not None and error is None
-    text = sop_format.render_canonical(draft.sop, services.template) if completed and draft else ""
+    # The model's own numbering, as it will be shown, approved and exported (issue #13);
+    # gaps and duplicates are findings for the reviewer, never renumbered here.
+    text = (
+        sop_format.render_training_text(draft.sop, services.template) if completed and draft else ""
+    )
     return store.finish(services, generation_id, {
         "status": "completed" if completed else "failed",
         "error": error,

@@ -24,7 +24,7 @@ def fine_tuned_messages(system_prompt: str, request: str) -> list[Message]:
 
 
 def _skeleton(template: object) -> list[str]:
-    """The layout as the canonical renderer writes it, with placeholders for the content."""
+    """The house layout (as the template numbers it), with placeholders for the content."""
     lines = ["Title: <name of the procedure>"]
     for spec in getattr(template, "sections", ()):
         kind = getattr(spec, "kind", "paragraph")

@@ -18,8 +18,9 @@ from sop_pipeline.services import Services
 
 @dataclass
 class GenerationResult:
-    """What one generation produced. `text` is the canonical SOP without the DRAFT notice
-    (empty unless `status == "completed"`); `markdown` has the notice on top."""
+    """What one generation produced. `text` is the SOP as the model numbered it (the training
+    text that an approval stores), without the DRAFT notice (empty unless
+    `status == "completed"`); `markdown` has the notice on top."""
 
     generation_id: int
     status: str

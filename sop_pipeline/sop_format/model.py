@@ -1,7 +1,7 @@
 """The parsed shape of an SOP: what people wrote, with the template key attached.
 
-Numbers and headings are kept as written so the validator can point at the user's own text;
-renderers derive canonical numbers and headings from the template instead.
+Numbers and headings are kept as written, so the validator can point at the user's own text
+and the renderers show (and train on) exactly that text; nothing is ever renumbered.
 """
 
 from __future__ import annotations

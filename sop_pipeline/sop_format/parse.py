@@ -76,11 +76,14 @@ class _Builder:
         self.last_major = 0
         self.section_hashes = 0
         self.title_hashes = 0  # "#" level of the first Markdown heading before any section
+        self.title_line = False  # the title came from a "Title: ..." (or YAML "title:") line
         self.base_indent: int | None = None
         self.next_plain: int | None = None  # after item "3." of the current section: 4
         self.dotted_items = False
         self.pending_target: Item | Section | None = None
         self.pending_parts: list[str] = []
+        self.heading_item: Item | None = None  # "### Sub-heading": never continued by a line
+        self.item_context: tuple[Item, _Context] | None = None  # see `_append`
 
     @property
     def current(self) -> Section | None:
@@ -126,6 +129,7 @@ class _Builder:
         self.title = match.group("title").strip() or None
         self.title_hashes = 1  # a "## Heading" after "Title: ..." is a section of its own
         self.title_pending = self.title is None
+        self.title_line = self.title is not None
         # Only a line long enough to have been hard-wrapped can continue on the next line.
         self.title_open = self.title is not None and len(line.text) >= _WRAPPED_TITLE
         return True
@@ -140,6 +144,7 @@ class _Builder:
             in_items=current is not None and (spec is None or spec.kind == "items"),
             section_hashes=self.section_hashes,
             title_hashes=self.title_hashes,
+            title_line=self.title_line,
             next_plain=self.next_plain,
             dotted_items=self.dotted_items,
         )
@@ -154,6 +159,7 @@ class _Builder:
         self.base_indent = None
         self.next_plain = None
         self.dotted_items = False
+        self.heading_item = None
         self.section_hashes = line.hashes
         if key:
             self.seen.add(key)
@@ -186,7 +192,14 @@ class _Builder:
         Alcohol" is already the first definition."""
         section = self.current
         assert section is not None
-        if self._kind() == "definitions" and is_definition(text):
+        if (
+            self._kind() == "definitions"
+            and is_definition(text)
+            # On a line of its own (as the training text writes it), "10 X 0|0" would open a
+            # section "10 X 0" and "5.1 | 1" be step 5.1: then it stays the body, as written.
+            and _match_heading(Line(text=text), self.template, self._context()) is None
+            and split_marker_as_written(text)[0] is None
+        ):
             section.items.append(Item(number=None, text=text))
         else:
             section.body = text
@@ -201,9 +214,8 @@ class _Builder:
         if not any(ch.isalnum() for ch in text):
             return  # "1. ;" is a marker with nothing behind it
         if marker is not None:
-            self._flush()
             level = self._level(line, depth)
-            section.items.append(Item(number=number, text=text, level=level, marker=marker))
+            self._append(section, Item(number=number, text=text, level=level, marker=marker), line)
             if number is not None:
                 self.next_plain = int(number) + 1 if number.isdigit() else None
                 self.dotted_items = self.dotted_items or "." in number
@@ -215,21 +227,37 @@ class _Builder:
             or (line.gap and bool(section.items))
             or (kind == "items" and not section.items)
         ):
-            self._flush()
             level = section.items[-1].level if section.items else 1
-            section.items.append(Item(number=None, text=text, level=level))
+            self._append(section, Item(number=None, text=text, level=level), line)
         elif section.items and self._joinable(section.items[-1], text):
             self._continue(section.items[-1], text)
         elif section.items:  # "5.1 0." then "0": joined, it would read as a new marker
-            self._flush()
-            section.items.append(Item(number=None, text=text, level=section.items[-1].level))
+            self._append(section, Item(number=None, text=text, level=section.items[-1].level), line)
         else:
             self._continue(section, text)
 
+    def _append(self, section: Section, item: Item, line: Line) -> None:
+        """Add an item, remembering the context its line was read in: a line joined to it
+        later is checked in that context, as the training text will be read again."""
+        self._flush()
+        self.item_context = (item, self._context())
+        section.items.append(item)
+        self.heading_item = item if line.marked else None
+
     def _joinable(self, item: Item, text: str) -> bool:
-        if self.pending_target is item:
-            return True
-        return _strip_one_marker(f"{item.text} {text}") is None
+        """Whether `text` continues `item`: not after a heading, and not when the joined line
+        would read as something else ("5.1 0." + "0", or "2. X" + "0|", a heading "X 0")."""
+        if item is self.heading_item:
+            return False  # a Markdown heading is a line of its own, however short
+        parts = self.pending_parts if self.pending_target is item else []
+        joined = " ".join([item.text, *parts, text])
+        if not parts and _strip_one_marker(joined) is not None:
+            return False
+        line = Line(text=" ".join(part for part in (item.marker, clean_inline(joined)) if part))
+        remembered, context = self.item_context or (None, self._context())
+        if remembered is not item:
+            context = self._context()
+        return _match_heading(line, self.template, context) is None
 
     def _continue(self, target: Item | Section, text: str) -> None:
         """Collect the lines of a wrapped item; joined once (linear time, however long)."""
@@ -243,9 +271,19 @@ class _Builder:
         if target is None:
             return
         if isinstance(target, Item):  # joining can pair up "*", so clean the joined text
-            target.text = clean_inline(" ".join([target.text, *parts]))
-        else:
-            target.body = clean_inline(" ".join([target.body, *parts]))
+            text = clean_inline(" ".join([target.text, *parts]))
+            if target.marker:
+                # Read as the training text will be read again: "5.1 `| 0" + "0`" cleans to
+                # "| 0 0", and "5.1 | 0 0" is step 5.1 in a table cell, "0 0".
+                marker, number, rest, _depth = split_marker_as_written(f"{target.marker} {text}")
+                if marker and rest:
+                    target.marker, target.number, text = marker, number, rest
+            target.text = text
+        else:  # "Abbreviations:" then "ABC1:" and "1": joined, the first definition
+            joined = clean_inline(" ".join([target.body, *parts]))
+            target.body = ""
+            self.pending_target, self.pending_parts = None, []
+            self._inline(joined)
         self.pending_target, self.pending_parts = None, []
 
     def _level(self, line: Line, depth: int | None) -> int:
@@ -266,6 +304,7 @@ class _Context:
     in_items: bool
     section_hashes: int
     title_hashes: int = 0  # the "#" level of the Markdown heading taken as the title
+    title_line: bool = False  # the title came from a "Title: ..." line
     next_plain: int | None = None  # the number a plain "1.", "2." list would take next
     dotted_items: bool = False  # the current section numbers its items "5.1", "5.2"
 
@@ -336,7 +375,12 @@ def split_marker_as_written(text: str) -> tuple[str | None, str | None, str, int
     if text is original:
         return None, None, text.strip(), None
     written = original[: len(original) - len(text)].replace("|", " ").strip()
-    written = " ".join("-" if _BULLET.match(part + " ") else part for part in written.split())
+    parts = written.split()
+    # A leading bullet of any shape is written "-"; after a number ("2. *") it stays, since
+    # "2. -" would read as the heading "2." with a dash.
+    if parts and _BULLET.match(parts[0] + " "):
+        parts[0] = "-"
+    written = " ".join(parts)
     return written, number, text.strip(), depth
 
 
@@ -390,8 +434,12 @@ def _match_heading(line: Line, template: Template, context: _Context) -> _Headin
         return _Heading(number, spec, heading, body, label)
     if not context.has_section:
         # Before the first known section, "# 21 CFR Part 11" is a title; a "## Summary"
-        # after a "#" title (or a second "##") is a section of its own, never stray text.
-        if line.hashes and context.title_hashes and line.hashes >= max(context.title_hashes, 2):
+        # after a "#" title (or a second "##") is a section of its own, never stray text,
+        # and so is any "# Approvals" once a "Title:" line (or YAML "title:") named the SOP.
+        if line.hashes and (
+            context.title_line
+            or (context.title_hashes and line.hashes >= max(context.title_hashes, 2))
+        ):
             return _unknown(number, label, rest, allow_bare=True)
         return None
     if number_match is not None:
@@ -452,6 +500,12 @@ def _match_unknown_numbered(
     if context.in_items and not (strong or line.marked or looks == "caps" or dotted_list):
         return None
     return _unknown(number, label, rest, allow_bare=line.marked or bool(looks))
+
+
+def looks_like_heading(text: str) -> bool:
+    """ "DISTRIBUTION" or "Document Type Abbreviations" on a line of its own reads as a heading;
+    a sentence or a lone abbreviation does not."""
+    return bool(_looks_like_heading(text))
 
 
 def _looks_like_heading(text: str) -> str:

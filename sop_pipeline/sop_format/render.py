@@ -1,58 +1,25 @@
-"""Renderers: the house text format, Markdown, and a JSON-able structure for Block Kit.
+"""Renderers: the training text, Markdown, and a JSON-able structure for Block Kit and .docx.
 
-All three go through one canonical view (template order, template headings, re-derived
-numbers) so they can never disagree about what the SOP says.
+All of them show the SOP as its author wrote it: the author's order, section numbers,
+headings, step numbers and levels, with only the markup normalised. Nothing is ever
+renumbered, reordered or renamed; numbering problems are findings for a person to fix
+(issue #13: what a reviewer reads is what is approved and what the model learns).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from .model import SOP, Section
-from .parse import parse, reads_as_heading, split_definition, starts_entry
+from .model import SOP, Item, Section
+from .parse import parse, reads_as_heading, starts_entry
 from .template import Template, load_template
-
-
-@dataclass(frozen=True)
-class _ViewItem:
-    number: str | None
-    text: str
-    level: int
-
-
-@dataclass(frozen=True)
-class _ViewSection:
-    number: str
-    key: str | None
-    heading: str
-    body: str
-    items: tuple[_ViewItem, ...]
-    kind: str
-
-
-def render_canonical(sop: SOP, template: Template | None = None) -> str:
-    """The house format: "Title: ...", then "N.0 Heading: body" sections with "N.k" items,
-    one blank line between sections, "\\n" line ends and exactly one trailing newline
-    (an SOP with nothing in it renders as "")."""
-    title, sections = _canonical_view(sop, template or load_template(None))
-    blocks: list[str] = []
-    if title:
-        blocks.append(f"Title: {title}")
-    for section in sections:
-        head = f"{section.number} {section.heading}:"
-        lines = [f"{head} {section.body}" if section.body else head]
-        for item in section.items:
-            lines.append(f"{item.number} {item.text}" if item.number else item.text)
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
 def render_training_text(sop: SOP, template: Template | None = None) -> str:
     """The text an approved SOP becomes as training data: the author's own numbers, levels,
     headings and words, in the author's order, with only the markup normalised ("Title: ...",
-    one blank line between sections, wrapped lines joined into their item). Nothing is ever
-    renumbered here; numbering problems are findings for a person to fix."""
+    one blank line between sections, wrapped lines joined into their item, "\\n" line ends
+    and exactly one trailing newline; an SOP with nothing in it renders as "")."""
     template = template or load_template(None)
     blocks: list[str] = []
     if sop.title:
@@ -60,9 +27,8 @@ def render_training_text(sop: SOP, template: Template | None = None) -> str:
     known_yet = False
     for section in sop.sections:
         spec = template.spec(section.key)
-        kind = spec.kind if spec else "items"
         known_yet = known_yet or spec is not None
-        head = " ".join(part for part in (section.label, section.heading) if part) + ":"
+        head = _with_colon(_heading(section))
         if spec is None and (not section.label or not known_yet):
             # Without a number, or before the first house section, only the Markdown mark
             # keeps it a heading ("## Summary:", "## 1. General Considerations:").
@@ -70,14 +36,10 @@ def render_training_text(sop: SOP, template: Template | None = None) -> str:
         elif spec is not None and not reads_as_heading(section.heading, template):
             head = f"## {head}"  # "## Process Steps:", as it was marked in the source
         lines = [f"{head} {section.body}" if section.body else head]
+        kind = spec.kind if spec else "items"
         for index, item in enumerate(section.items):
-            if item.marker:
-                # Bullets and plain numbers show their level by indenting, as written.
-                dotted = bool(item.number and "." in item.number)
-                indent = "" if dotted else "   " * (item.level - 1)
-                lines.append(f"{indent}{item.marker} {item.text}")
-            elif index == 0 or starts_entry(item.text, kind):
-                lines.append(item.text)
+            if item.marker or index == 0 or starts_entry(item.text, kind):
+                lines.append(_item_line(item))
             else:  # a paragraph of its own: the blank line keeps it from joining the last
                 lines.extend(["", item.text])
         blocks.append("\n".join(lines))
@@ -90,117 +52,76 @@ def training_text(text: str, template: Template | None = None) -> str:
     return render_training_text(parse(text, template), template)
 
 
+def render_canonical(sop: SOP, template: Template | None = None) -> str:
+    """The house text of an SOP: the training text (`render_training_text`), so that a draft
+    shown, approved and exported keeps the numbering it was written with."""
+    return render_training_text(sop, template)
+
+
+def canonicalize(text: str, template: Template | None = None) -> str:
+    """Pasted text in, house text out: the same as `training_text`."""
+    return training_text(text, template)
+
+
 def render_markdown(sop: SOP, template: Template | None = None) -> str:
-    """Markdown for docs and previews: "# Title", "## 1.0 Objective", ordered lists for
-    steps (sub-steps indented), a bullet list for abbreviations."""
-    title, sections = _canonical_view(sop, template or load_template(None))
+    """Markdown for docs and previews: "# Title", "## 5.0 Procedure" as written, then each
+    step on a line of its own with its own number (a blank line between, so Markdown keeps
+    them apart); read back, it gives the same training text."""
+    template = template or load_template(None)
     blocks: list[str] = []
-    if title:
-        blocks.append(f"# {title}")
-    for section in sections:
-        heading = f"## {section.number} {section.heading}"
-        if section.body and section.kind == "items":
-            heading += f": {section.body}"  # a paragraph here would read back as a step
+    if sop.title:
+        blocks.append(f"# {sop.title}")
+    for section in sop.sections:
+        spec = template.spec(section.key)
+        heading = f"## {_heading(section)}"
+        if section.body and (spec is None or spec.kind == "items"):
+            heading = f"{_with_colon(heading)} {section.body}"  # else it reads back as a step
         elif section.body:
             blocks.append(heading)
             heading = section.body
         blocks.append(heading)
-        if section.items:
-            blocks.append("\n".join(_markdown_items(section)))
+        blocks.extend(_item_line(item) for item in section.items)
     return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
-def _markdown_items(section: _ViewSection) -> list[str]:
-    if section.kind == "definitions":
-        return [_markdown_definition(item.text) for item in section.items]
-    if section.kind == "paragraph":  # stray "2.1" lines keep their numbers in a bullet
-        return [f"- {item.number} {item.text}" for item in section.items]
-    counters: list[int] = []
-    lines = []
-    for item in section.items:
-        counters = _advance(counters, item.level)
-        lines.append("   " * (len(counters) - 1) + f"{counters[-1]}. {item.text}")
-    return lines
-
-
-def _markdown_definition(text: str) -> str:
-    parts = split_definition(text)
-    return f"- **{parts[0]}**: {parts[1]}" if parts else f"- {text}"
-
-
 def render_structure(sop: SOP, template: Template | None = None) -> dict[str, Any]:
-    """Plain dicts/lists/strings for the Slack layer (Block Kit) and for storage as JSON."""
-    title, sections = _canonical_view(sop, template or load_template(None))
+    """Plain dicts/lists/strings for the Slack layer (Block Kit), the .docx export and storage
+    as JSON: each section's number and heading as written, each item's marker as written
+    ("5.1", "1.", "a)", "-" for any bullet; None for a plain line) and its level."""
+    template = template or load_template(None)
     return {
-        "title": title,
+        "title": sop.title or None,
         "sections": [
             {
-                "number": section.number,
+                "number": section.label,
                 "key": section.key,
                 "heading": section.heading,
-                "body": section.body,
-                "items": [{"number": item.number, "text": item.text} for item in section.items],
+                "body": section.body.strip(),
+                "items": [
+                    {"number": item.marker, "text": item.text, "level": item.level}
+                    for item in section.items
+                ],
             }
-            for section in sections
+            for section in sop.sections
         ],
     }
 
 
-def canonicalize(text: str, template: Template | None = None) -> str:
-    """Pasted text in, house format out."""
-    template = template or load_template(None)
-    return render_canonical(parse(text, template), template)
+def _heading(section: Section) -> str:
+    """ "5.0 Procedure", "Section 5 Method" or "References": number and words as written."""
+    return " ".join(part for part in (section.label, section.heading) if part)
 
 
-def _canonical_view(sop: SOP, template: Template) -> tuple[str | None, list[_ViewSection]]:
-    """Known sections in template order (repeats kept together), unknown ones after them,
-    numbered on from the last template number."""
-    known = [s for s in sop.sections if template.spec(s.key) is not None]
-    known.sort(key=lambda s: template.index(s.key))
-    unknown = [s for s in sop.sections if template.spec(s.key) is None]
-    next_number = max((spec.number for spec in template.sections), default=0) + 1
-    view = [_view_known(s, template) for s in known]
-    for offset, section in enumerate(unknown):
-        view.append(_view_section(section, next_number + offset, section.heading, None, "items"))
-    return (sop.title or None), view
+def _with_colon(heading: str) -> str:
+    """ "Heading:"; after a trailing backslash, " :", since "\\:" would read as an escape."""
+    return f"{heading} :" if heading.endswith("\\") else f"{heading}:"
 
 
-def _view_known(section: Section, template: Template) -> _ViewSection:
-    spec = template.spec(section.key)
-    assert spec is not None
-    return _view_section(section, spec.number, spec.heading, spec.key, spec.kind)
-
-
-def _view_section(
-    section: Section, number: int, heading: str, key: str | None, kind: str
-) -> _ViewSection:
-    if kind == "definitions":
-        items = tuple(_ViewItem(None, _definition_text(i.text), 1) for i in section.items)
-    else:
-        items = _numbered_items(section, number)
-    return _ViewSection(f"{number}.0", key, heading, section.body.strip(), items, kind)
-
-
-def _numbered_items(section: Section, number: int) -> tuple[_ViewItem, ...]:
-    """Renumber items "N.1, N.2, N.2.1 ..." from their levels; a sub-step with no step
-    before it is promoted so numbers never skip."""
-    counters: list[int] = []
-    items = []
-    for item in section.items:
-        counters = _advance(counters, item.level)
-        label = f"{number}." + ".".join(str(c) for c in counters)
-        items.append(_ViewItem(label, item.text, len(counters)))
-    return tuple(items)
-
-
-def _advance(counters: list[int], level: int) -> list[int]:
-    level = max(1, min(level, len(counters) + 1))
-    if len(counters) >= level:
-        return [*counters[: level - 1], counters[level - 1] + 1]
-    return [*counters, 1]
-
-
-def _definition_text(text: str) -> str:
-    """ "IPA - Isopropyl Alcohol" and "IPA = ..." become "IPA: Isopropyl Alcohol"."""
-    parts = split_definition(text)
-    return f"{parts[0].strip()}: {parts[1]}" if parts else text
+def _item_line(item: Item) -> str:
+    """One item as written: bullets and plain numbers show their level by indenting; dotted
+    numbers ("5.1.1") say it themselves."""
+    if not item.marker:
+        return item.text
+    dotted = bool(item.number and "." in item.number)
+    indent = "" if dotted else "   " * (item.level - 1)
+    return f"{indent}{item.marker} {item.text}"

@@ -61,6 +61,7 @@ class Template:
     ignore_roman_numerals: bool = True
     undefined_abbreviation: Severity = "warning"
     extra_sections: Severity = "warning"
+    duplicate_step_numbers: Severity = "warning"
     source: str = "<memory>"
 
     def spec(self, key: str | None) -> SectionSpec | None:
@@ -149,6 +150,7 @@ def _build_template(data: dict[str, Any], source: str) -> Template:
         ignore_roman_numerals=_bool(abbreviations, "ignore_roman_numerals", True, source),
         undefined_abbreviation=_severity(abbreviations, "undefined", source),
         extra_sections=_severity(rules, "extra_sections", source),
+        duplicate_step_numbers=_severity(rules, "duplicate_step_numbers", source),
         source=source,
     )
     _check_rules(template, source)

@@ -40,6 +40,15 @@ _NEEDS_CLEANING = re.compile(r"[<\[&`*_~\xa0]")
 # ASCII control characters other than "\n" and "\t" (which `normalize_chars` keeps or widens).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MAX_PASSES = 6
+# A backslash before ASCII punctuation is a Markdown escape ("5\.1", "\*", "\_", "\#"), as
+# Word, Pandoc and Slack copy-paste write it; also in `code spans`, whose marks are dropped.
+_WORD = re.compile(r"\S+")
+_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+# A word with a backslash before a letter or digit ("C:\QA\SOP", "\\server\share", "\d")
+# or after a drive letter ("D:\_archive") is a path or a formula, not Markdown: kept whole.
+_PATH_LIKE = re.compile(r"\\[A-Za-z0-9]|(?<![\w])[A-Za-z]:\\")
+# "<br>", "<br/>", "<br />" (and Slack's "&lt;br&gt;"): HTML line breaks in pasted text.
+_HTML_BREAK = re.compile(r"(?:<|&lt;)br\s*/?(?:>|&gt;)", re.I)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,11 @@ def split_lines(text: str) -> list[Line]:
     """Clean every line of a pasted SOP; drop blank, fence and punctuation-only lines."""
     lines: list[Line] = []
     gap = False
-    raws = normalize_chars(text).split("\n")
+    raws = [
+        piece
+        for raw in normalize_chars(text).split("\n")
+        for piece in _break_html_lines(unescape_markdown(raw) if "\\" in raw else raw)
+    ]
     for index, raw in enumerate(raws):
         line = _clean_line(raw)
         if line is None:
@@ -137,6 +150,38 @@ def split_lines(text: str) -> list[Line]:
         lines.append(line)
         gap = False
     return lines
+
+
+def unescape_markdown(text: str) -> str:
+    """Drop the backslash of every Markdown escape ("5\\.1" -> "5.1", "\\*" -> "*"). It runs
+    before any other rule, so an escaped "*" or "#" reads as if typed plain: training text has
+    no escapes, and approved again it must read the same. A doubled backslash stays as written
+    (undoing it would make "\\\\*" an escape on the next read), and so do paths."""
+    return _WORD.sub(_unescape_word, text)
+
+
+def _unescape_word(match: re.Match[str]) -> str:
+    word = match.group()
+    if "\\" not in word or _PATH_LIKE.search(word):
+        return word
+    return _ESCAPE.sub(lambda m: m.group() if m.group(1) == "\\" else m.group(1), word)
+
+
+def _break_html_lines(raw: str) -> list[str]:
+    """An HTML line break starts a new line, as the reader saw it; inside a table row it is a
+    space, since a new line there would cut the row in two and lose its cells."""
+    if ("<" not in raw and "&" not in raw) or not _HTML_BREAK.search(raw):
+        return [raw]
+    stripped = raw.strip()
+    if stripped.startswith("|") and "|" in stripped[1:]:
+        return [_HTML_BREAK.sub(" ", raw)]
+    indent = raw[: len(raw) - len(raw.lstrip())]
+    pieces = [piece.strip() for piece in _HTML_BREAK.split(raw)]
+    while pieces and not pieces[-1]:
+        pieces.pop()  # "text<br>" at a line end: the line ends there anyway
+    while pieces and not pieces[0]:
+        pieces.pop(0)
+    return [indent + piece if piece else "" for piece in pieces] or [""]
 
 
 # The "|---|:---:|" line under a Markdown table's header row.
@@ -164,7 +209,8 @@ def _table_row(text: str) -> str:
 
 def _clean_line(raw: str) -> Line | None:
     indent = len(raw) - len(raw.lstrip())
-    text = _table_row(raw.strip())
+    unquoted = _QUOTE.sub("", raw.strip()).strip()  # "> | a | b |": a table in a quote
+    text = _table_row(unquoted)
     marked = False
     hashes = 0
     code = _CODE_LINE.match(text) is not None
@@ -180,14 +226,14 @@ def _clean_line(raw: str) -> Line | None:
             marked = True
         if _whole_bold(text):
             marked = True
-        text = clean_inline(text)
+        text = _table_row(clean_inline(text))  # "` `|1" cleans to "|1", which reads as "1"
         if text == before:
             break
     if not any(ch.isalnum() for ch in text):
         return None  # rules, "---", "..." and stray bullets carry nothing
     if code:
         text = f"`{text}`"  # kept a literal, so that approved again it still is not a heading
-    table_row = raw.strip().startswith("|") and "|" in raw.strip()[1:]
+    table_row = unquoted.startswith("|") and "|" in unquoted[1:]
     return Line(
         text=text, indent=indent, marked=marked, hashes=hashes, code=code, table_row=table_row
     )

@@ -14,13 +14,25 @@ from functools import lru_cache
 from typing import Literal
 
 from .model import SOP, Section
-from .parse import split_definition
+from .parse import looks_like_heading, split_definition
 from .render import render_training_text
 from .template import SectionSpec, Template
 
 Severity = Literal["error", "warning"]
 
 _DEFINED_IN_PARENS = re.compile(r"\(([A-Z][A-Za-z0-9]{1,9})\)")
+# "Standard Operating Procedure (SOP)", "... (\"SOPs\")"; and "HVAC (Heating, Ventilation ...)".
+_LONG_THEN_SHORT = re.compile(
+    r"\(\s*[\"“']?(?P<short>[A-Z][A-Za-z0-9&/-]{0,8}?[A-Z0-9])s?[\"”']?\s*\)"
+)
+_SHORT_THEN_LONG = re.compile(
+    r"(?<![\w])(?P<short>[A-Z][A-Z0-9&/-]{0,8}[A-Z0-9])s?\s*\((?P<long>[^()]{3,200})\)"
+)
+# A section the template does not know but whose heading says it defines terms.
+_DEFINITIONS_HEADING = re.compile(
+    r"\b(?:abbreviations?|acronyms?|definitions?|glossary|terminology|nomenclature|terms)\b",
+    re.I,
+)
 _ROMAN = re.compile(r"^(?:X{0,3})(?:IX|IV|V?I{0,3})$")
 
 
@@ -214,7 +226,7 @@ def _check_section(section: Section, template: Template) -> Iterator[Finding]:
         yield from _check_steps(section, spec, template)
     if spec is not None and spec.kind == "paragraph":
         yield from _check_stray_subsections(section, spec)
-    yield from _check_item_numbers(section, name)
+    yield from _check_item_numbers(section, name, template)
 
 
 def _is_empty(section: Section, template: Template) -> bool:
@@ -261,10 +273,14 @@ def _check_stray_subsections(section: Section, spec: SectionSpec) -> Iterator[Fi
         )
 
 
-def _check_item_numbers(section: Section, name: str) -> Iterator[Finding]:
+def _check_item_numbers(section: Section, name: str, template: Template) -> Iterator[Finding]:
     """Within a section, numbered items must count up by one at each level: 5.3 then 5.5
-    is a gap; 4.1 under 5.0 is numbered for the wrong section."""
+    is a gap, and so is 5.2.1 with no 5.2 before it; 5.3 twice is a duplicate; 4.1 under
+    5.0 is numbered for the wrong section. Nothing is renumbered: these are for the author."""
     last: dict[tuple[int, ...], int] = {}
+    seen: set[tuple[int, ...]] = set()
+    orphaned: set[tuple[int, ...]] = set()  # parents reported missing, each once
+    duplicated: set[tuple[int, ...]] = set()
     mismatch_reported = False
     for item in section.items:
         parts = _numeric_parts(item.number)
@@ -280,7 +296,30 @@ def _check_item_numbers(section: Section, name: str) -> Iterator[Finding]:
                 f"Renumber the steps so none is skipped.",
                 section.key,
             )
+        elif len(prefix) >= 2 and prefix[0] == section.major and prefix not in seen | orphaned:
+            orphaned.add(prefix)
+            parent = ".".join(map(str, prefix))
+            yield _error(
+                "numbering_gap",
+                f"In {name}, step {item.number} comes before any step {parent}. "
+                f"Add step {parent} or renumber the sub-steps.",
+                section.key,
+            )
+        elif len(parts) == 1 and value == 1:
+            # A plain list that starts again at 1 is a new list (under a new sub-heading, or
+            # Markdown's "1." on every line, which shows 1, 2, 3): not a duplicate.
+            seen = {numbers for numbers in seen if len(numbers) > 1}
+        elif parts in seen and parts not in duplicated:
+            duplicated.add(parts)
+            yield Finding(
+                "duplicate_step_number",
+                template.duplicate_step_numbers,
+                f"In {name}, step {item.number} appears more than once. "
+                "Renumber the steps so each number is used once.",
+                section.key,
+            )
         last[prefix] = value
+        seen.add(parts)
         major = section.major
         if len(parts) > 1 and major is not None and parts[0] != major and not mismatch_reported:
             mismatch_reported = True
@@ -319,26 +358,94 @@ def _check_abbreviations(sop: SOP, template: Template) -> Iterator[Finding]:
 
 
 def _defined_abbreviations(sop: SOP, template: Template) -> set[str]:
-    """Terms defined in the abbreviations section, as "IPA: ..." lines or "... (IPA)"."""
+    """Terms a person would call defined: the entries of the abbreviations section and of any
+    definitions or glossary section ("IPA: ..." lines, "... (IPA)"), and anywhere in the SOP a
+    long form with its abbreviation in brackets, either way round, whose letters match."""
     defined: set[str] = set()
     for section in sop.sections:
-        if section.key != template.abbreviations_section:
-            continue
-        for text in [section.body, *(item.text for item in section.items)]:
+        if _defines_terms(section, template):
+            entries = [section.body, *(item.text for item in section.items)]
+        else:
+            entries = list(_glossary_entries(section))
+        for text in entries:
             parts = split_definition(text)
             if parts:
                 defined.add(parts[0].strip().upper())
-                defined.update(t.upper() for t in _DEFINED_IN_PARENS.findall(parts[1]))
             defined.update(t.upper() for t in _DEFINED_IN_PARENS.findall(text))
+    for text in _all_texts(sop):
+        defined.update(_defined_in_passing(text))
     return defined
+
+
+def _glossary_entries(section: Section) -> Iterator[str]:
+    """Definition lines under a sub-heading such as "### Document Type Abbreviations" inside
+    another section, up to the next sub-heading."""
+    inside = False
+    for item in section.items:
+        if looks_like_heading(item.text):
+            inside = _DEFINITIONS_HEADING.search(item.text) is not None
+        elif inside and split_definition(item.text):
+            yield item.text
+
+
+def _defines_terms(section: Section, template: Template) -> bool:
+    """The abbreviations section, or one headed like it ("Terms and Definitions", "7.0
+    Glossary") that the template does not know."""
+    if section.key == template.abbreviations_section:
+        return True
+    return section.key is None and _DEFINITIONS_HEADING.search(section.heading) is not None
+
+
+def _all_texts(sop: SOP) -> Iterator[str]:
+    if sop.title:
+        yield sop.title
+    yield from sop.preamble
+    for section in sop.sections:
+        yield section.body
+        yield from (item.text for item in section.items)
+
+
+def _defined_in_passing(text: str) -> Iterator[str]:
+    """ "Standard Operating Procedure (SOP)" and "HVAC (Heating, Ventilation and Air
+    Conditioning)": the abbreviation next to a long form in brackets, either way round."""
+    if "(" not in text:
+        return
+    for match in _LONG_THEN_SHORT.finditer(text):
+        short = match.group("short")
+        words = text[: match.start()].split()[-min(len(short) + 5, 2 * len(short)) :]
+        if _letters_match(short, " ".join(words)):
+            yield short.upper()
+    for match in _SHORT_THEN_LONG.finditer(text):
+        if _letters_match(match.group("short"), match.group("long")):
+            yield match.group("short").upper()
+
+
+def _letters_match(short: str, long: str) -> bool:
+    """Schwartz and Hearst's test (2003) that a long form can stand for a short one: every
+    letter and digit of the short form appears in the long form in the same order (read from
+    the end), and the first one starts a word ("Isopropyl Alcohol" for IPA, not "water" for
+    QA)."""
+    position = len(long) - 1
+    characters = [ch.casefold() for ch in short if ch.isalnum()]
+    for index in range(len(characters) - 1, -1, -1):
+        wanted = characters[index]
+        while position >= 0 and (
+            long[position].casefold() != wanted
+            or (index == 0 and position > 0 and long[position - 1].isalnum())
+        ):
+            position -= 1
+        if position < 0:
+            return False
+        position -= 1
+    return bool(characters) and len(long) > len(short)
 
 
 def _body_texts(sop: SOP, template: Template) -> Iterator[tuple[str, str]]:
     if sop.title:
         yield "the title", sop.title
     for section in sop.sections:
-        if section.key == template.abbreviations_section:
-            continue
+        if _defines_terms(section, template):
+            continue  # its meanings are definitions, not uses
         name = _name(section, template)
         yield name, section.body
         for item in section.items:

@@ -132,3 +132,37 @@ def services(settings: Settings, notifier: RecordingNotifier) -> Iterator[Servic
     svc = build_services(settings, notifier=notifier)
     yield svc
     svc.engine.dispose()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cli_consoles_follow_columns() -> Iterator[None]:
+    """Rich fixes a console's width for good when COLUMNS is set as it is built. The CLI's
+    consoles are built once per process, so they are built here without it: each in-process
+    `sop-bot` run then follows its own test's COLUMNS, whatever ran before."""
+    saved = os.environ.pop("COLUMNS", None)
+    import sop_pipeline.cli.common  # noqa: F401 - builds the consoles
+
+    if saved is not None:
+        os.environ["COLUMNS"] = saved
+    yield
+
+
+@pytest.fixture
+def sop_bot_cli(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """`make(columns)` gives `sop-bot` run in-process on the test's database, as QA lead
+    "qa.lead" in `tmp_path`: call it with the command's words; it returns the Click result."""
+    from typer.testing import CliRunner
+
+    from bot.cli import build_app
+
+    def make(columns: int = 60):  # noqa: ANN202
+        for key, value in {
+            "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
+            "USER": "qa.lead", "COLUMNS": str(columns), "LOG_LEVEL": "WARNING",
+        }.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.chdir(tmp_path)
+        runner, app = CliRunner(), build_app()
+        return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+    return make

@@ -8,9 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from bot.cli import build_app
 from tests.conftest import DATA_DIR
 
 SOPS = DATA_DIR / "sops"
@@ -18,15 +16,8 @@ QUIRKS = DATA_DIR / "quirks"
 
 
 @pytest.fixture
-def sop_bot(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    for key, value in {
-        "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "USER": "qa.lead",
-        "COLUMNS": "60", "LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    runner, app = CliRunner(), build_app()
-    return lambda *args: runner.invoke(app, [str(a) for a in args])
+def sop_bot(sop_bot_cli):  # noqa: ANN001, ANN201
+    return sop_bot_cli()
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlmodel import Session, select
-from typer.testing import CliRunner
 
-from bot.cli import build_app
 from sop_pipeline import audit, db
 from sop_pipeline.examples import (
     ApprovalStatus,
@@ -121,15 +119,8 @@ def assert_searchable_once(services: Services, example_id: int) -> None:
 
 
 @pytest.fixture
-def sop_bot(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    for key, value in {
-        "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "USER": "qa.lead",
-        "COLUMNS": "200", "LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    runner, app = CliRunner(), build_app()
-    return lambda *args: runner.invoke(app, [str(a) for a in args])
+def sop_bot(sop_bot_cli):  # noqa: ANN001, ANN201
+    return sop_bot_cli(200)
 
 
 @pytest.fixture

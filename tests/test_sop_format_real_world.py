@@ -19,9 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from bot.cli import build_app
 from sop_pipeline.sop_format import load_template, parse, render_training_text, training_text
 from sop_pipeline.sop_format import validate as validate_sop
 from sop_pipeline.sop_format.documents import read_document
@@ -80,15 +78,8 @@ def test_every_real_document_is_named_in_sources_with_its_licence() -> None:
 
 
 @pytest.fixture
-def sop_bot(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    for key, value in {
-        "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "USER": "qa.lead",
-        "COLUMNS": "60", "LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    runner, app = CliRunner(), build_app()
-    return lambda *args: runner.invoke(app, [str(a) for a in args])
+def sop_bot(sop_bot_cli):  # noqa: ANN001, ANN201
+    return sop_bot_cli()
 
 
 @pytest.fixture

@@ -352,7 +352,8 @@ def renumbered_command() -> None:
         services.engine.dispose()
     if not suspects:
         console.print(f"None of the {checked} approved examples stored before verbatim "
-                      "training text looks renumbered; nothing to do.", highlight=False)
+                      "training text looks renumbered; nothing to do.", highlight=False,
+                      soft_wrap=True)
         return
     for suspect in suspects:
         count = len(suspect.lines)

@@ -126,6 +126,29 @@ def test_k_budget_and_fill_ins(services):
         assert retrieve(session, "cleaning", k=3, token_budget=0, count_tokens=by_words) == []
 
 
+def test_an_approval_committed_during_a_search_never_breaks_its_ranking(services):
+    """The library's size and a word's document frequency are two statements; on PostgreSQL
+    (read committed) an approval committed between them makes the frequency exceed the size
+    read just before (the load benchmark found drafts failing with "math domain error")."""
+    late = [(f"Autoclave sterilization {n}", "Write an SOP for autoclave sterilization",
+             f"Title: Autoclave sterilization {n}\n\n5.0 Procedure: Load autoclave {n}.")
+            for n in (1, 2)]
+    added: list[int] = []
+
+    def approve_meanwhile(conn, cursor, statement, *_) -> None:  # noqa: ANN001
+        if "count(*)" in statement and not added:  # the library was empty when counted
+            added.extend(add_rows(services, late))
+
+    event.listen(services.engine, "after_cursor_execute", approve_meanwhile)
+    try:
+        with services.read_session() as session:
+            hits = [hit.id for hit in search.full_text(session, "autoclave sterilization", 5)]
+    finally:
+        event.remove(services.engine, "after_cursor_execute", approve_meanwhile)
+    assert added
+    assert set(hits) <= set(added)  # whatever this statement's snapshot saw, no error
+
+
 def test_an_empty_library_gives_no_examples(services):
     with services.session() as session:
         assert retrieve(session, "cleaning", k=3, token_budget=100, count_tokens=by_words) == []

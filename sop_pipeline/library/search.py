@@ -164,8 +164,11 @@ class _Stats:
             return {w: self._lexemes.get(w, "") for w in words}
 
     def idf(self, df: int) -> float:
-        """FTS5's: log((N - df + 0.5) / (df + 0.5)), at least 1e-6."""
-        return max(math.log((self.total - df + 0.5) / (df + 0.5)), 1e-6)
+        """FTS5's: log((N - df + 0.5) / (df + 0.5)), at least 1e-6. N was counted by an
+        earlier statement (or minutes ago), so approvals committed since may have made df
+        the larger: N is taken as at least df."""
+        total = max(self.total, df)
+        return max(math.log((total - df + 0.5) / (df + 0.5)), 1e-6)
 
     def informative(self, words: list[str], df: dict[str, int]) -> list[str]:
         """Words some example has; in a large library, only those in under half of it."""

@@ -22,7 +22,11 @@ if str(ROOT) not in sys.path:
 
 from sop_pipeline import sop_format  # noqa: E402
 from sop_pipeline.generation import prompts  # noqa: E402
-from sop_pipeline.generation.retrieval import Document, select_examples  # noqa: E402
+from sop_pipeline.generation.retrieval import (  # noqa: E402
+    Document,
+    example_messages,
+    select_examples,
+)
 from sop_pipeline.settings import load_settings  # noqa: E402
 from sop_pipeline.tokens import count_chat_tokens  # noqa: E402
 
@@ -59,7 +63,7 @@ def measure(request: str, library: list[Document], *, system_prompt: str, k: int
     fine_tuned = count_chat_tokens(prompts.fine_tuned_messages(system_prompt, request))
     chosen = select_examples(
         request, library, k=k, token_budget=budget,
-        count_tokens=lambda d: count_chat_tokens(prompts.example_messages(d)) - 3,
+        count_tokens=lambda d: count_chat_tokens(example_messages(d)) - 3,
     )
     messages = prompts.retrieval_messages(
         system_prompt, template, request, [c.document for c in chosen]

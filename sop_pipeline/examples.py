@@ -29,19 +29,10 @@ from sop_pipeline.models import (
     utcnow,
 )
 from sop_pipeline.settings import Settings
+from sop_pipeline.sop_format.title_prompt import default_prompt
 from sop_pipeline.tokens import count_tokens
 
 TRAINED_STATES = (RunState.SUCCEEDED, RunState.EVALUATING, RunState.PROMOTED, RunState.REJECTED)
-_TITLE_PREFIXES = (
-    "standard operating procedure for ",
-    "standard operating procedure on ",
-    "standard operating procedure:",
-    "standard operating procedure -",
-    "sop for ",
-    "sop on ",
-    "sop:",
-    "sop -",
-)
 
 
 class ApprovalStatus:
@@ -130,46 +121,6 @@ def dialect_insert(session: Session, table: type) -> Any:
 def content_hash(text: str) -> str:
     """sha256 of the canonical SOP text: the identity of an example."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def default_prompt(title: str | None) -> str:
-    """The request a user would type for this SOP: "Write an SOP for <title>".
-
-    A title that already says "SOP for ..." or "Standard Operating Procedure for ..." loses
-    that prefix so the prompt does not repeat it; otherwise the title is kept as written.
-    """
-    cleaned = " ".join((title or "").split()).strip(" .:-")
-    lowered = cleaned.lower()
-    for prefix in _TITLE_PREFIXES:
-        if lowered.startswith(prefix):
-            cleaned = cleaned[len(prefix):].strip(" .:-")
-            break
-    if not cleaned:
-        return "Write an SOP"
-    return f"Write an SOP for {_unshout(cleaned)}"
-
-
-_SMALL_WORDS = {"a", "an", "and", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"}
-
-
-def _unshout(title: str) -> str:
-    """ "RECEIPT OF RAW MATERIALS" → "Receipt of Raw Materials"; people do not type in caps.
-
-    Short words that are not English glue words ("QC", "PH") stay upper-case: they are
-    usually abbreviations.
-    """
-    if not title.isupper():
-        return title
-    words = []
-    for index, word in enumerate(title.split()):
-        lower = word.lower()
-        if index and lower in _SMALL_WORDS:
-            words.append(lower)
-        elif len(word) <= 2 and word.isalpha():
-            words.append(word)
-        else:
-            words.append(word.capitalize())
-    return " ".join(words)
 
 
 # --- approving ---------------------------------------------------------------------------

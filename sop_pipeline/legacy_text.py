@@ -10,7 +10,7 @@ re-import. Rows stored since verbatim text are never rewritten.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
@@ -18,9 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from sop_pipeline import audit
-from sop_pipeline.examples import PreparedSop, default_prompt, get_example
 from sop_pipeline.models import ExampleStatus, TrainingExample
+from sop_pipeline.sop_format.title_prompt import default_prompt
 from sop_pipeline.sop_format.wording import continuation_steps, title_may_be_cut
+
+if TYPE_CHECKING:  # examples calls this module while approving: no import back at run time
+    from sop_pipeline.examples import PreparedSop
 
 
 def renumbered_twin(
@@ -51,7 +54,9 @@ def renumbered_twin(
     example_id, *_ = min(twins, key=lambda row: (
         not (channel and ts and (row[3], row[4]) == (channel, ts)),
         row[2] != ExampleStatus.APPROVED, row[0] or 0))
-    return get_example(session, example_id) if example_id is not None else None
+    if example_id is None:
+        return None
+    return session.get(TrainingExample, example_id, populate_existing=True)
 
 
 def restore_text(session: Session, example: TrainingExample, prepared: PreparedSop,

@@ -52,14 +52,14 @@ def _messages(services, case: EvalCase, mode: Mode, hidden: set[int]) -> list[di
     settings = services.settings
     if mode == MODE_FINE_TUNED:
         return prompts.fine_tuned_messages(settings.sop_system_prompt, case.prompt)
-    from sop_pipeline.generation.retrieval import ranker_for, retrieve
+    from sop_pipeline.generation.retrieval import example_messages, ranker_for, retrieve
     from sop_pipeline.tokens import count_chat_tokens
 
     with services.session() as session:
         chosen = retrieve(
             session, case.prompt, k=settings.sop_retrieval_k,
             token_budget=settings.sop_retrieval_token_budget,
-            count_tokens=lambda doc: count_chat_tokens(prompts.example_messages(doc)),
+            count_tokens=lambda doc: count_chat_tokens(example_messages(doc)),
             exclude=hidden, ranker=ranker_for(services),
         )
     return prompts.retrieval_messages(settings.sop_system_prompt, services.template,

@@ -39,6 +39,7 @@ from sop_pipeline.generation.messages import EmptyAnswer, GenerationCancelled, e
 from sop_pipeline.generation.redaction import Redactor, make_redactor
 from sop_pipeline.generation.retrieval import (
     Document,
+    example_messages,
     ids,
     ranker_for,
     retrieve,
@@ -236,7 +237,7 @@ def _retrieval_messages(
     def example_tokens(doc: Document) -> int:
         if not redact.enabled:
             return stored_example_tokens(doc)  # counted at approval
-        return count_chat_tokens(prompts.example_messages(_redacted_doc(doc, redact))) - 3
+        return count_chat_tokens(example_messages(_redacted_doc(doc, redact))) - 3
 
     if session is None:
         with run.services.draft_session() as own:

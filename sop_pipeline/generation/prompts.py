@@ -90,13 +90,6 @@ def retrieval_messages(
     return messages
 
 
-def example_messages(doc: Document) -> list[Message]:
-    """The two messages one retrieved example adds (used to count its tokens)."""
-    return [
-        {"role": "user", "content": doc.prompt},
-        {"role": "assistant", "content": doc.text},
-    ]
-
 
 def repair_message(problems: Iterable[str]) -> Message:
     """Ask for the whole corrected SOP: partial fixes are hard to merge reliably."""

@@ -49,15 +49,21 @@ class Document:
 EXAMPLE_MESSAGE_TOKENS = 8  # the two chat messages' framing around prompt and text
 
 
+def example_messages(doc: Document) -> list[dict[str, str]]:
+    """The two chat messages one retrieved example adds to a prompt (a request and its SOP)."""
+    return [
+        {"role": "user", "content": doc.prompt},
+        {"role": "assistant", "content": doc.text},
+    ]
+
+
 def stored_example_tokens(doc: Document) -> int:
     """Tokens the example adds to a prompt, from the count stored at approval: tokenising
     three SOPs per draft cost as much as the search itself."""
     from sop_pipeline.tokens import count_chat_tokens, count_tokens
 
     if not doc.tokens:
-        from sop_pipeline.generation import prompts
-
-        return count_chat_tokens(prompts.example_messages(doc)) - 3
+        return count_chat_tokens(example_messages(doc)) - 3
     return doc.tokens + count_tokens(doc.prompt) + EXAMPLE_MESSAGE_TOKENS
 
 

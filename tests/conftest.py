@@ -166,3 +166,13 @@ def sop_bot_cli(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return lambda *args: runner.invoke(app, [str(a) for a in args])
 
     return make
+
+
+@pytest.fixture
+def factory(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
+    """In-process bots on the test's database and fakes: `factory.start(**settings)`."""
+    from tests.fakes.slack_fake import BotFactory
+
+    made = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
+    yield made
+    made.close()

@@ -11,7 +11,7 @@ from sqlmodel import select
 from bot import blocks
 from sop_pipeline import audit
 from sop_pipeline.models import ExampleStatus, TrainingExample
-from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts, user_unreacts
+from tests.fakes.slack_fake import FakeSlack, user_reacts, user_unreacts
 
 SOPS = Path(__file__).parent / "data" / "sops"
 BROKEN = Path(__file__).parent / "data" / "sops_broken"
@@ -19,13 +19,6 @@ CHANNEL = "CSOP00001"
 APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
-
-
-@pytest.fixture
-def factory(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
-    made = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
-    yield made
-    made.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sop_pipeline.generation import generate
 from sop_pipeline.models import Generation
 from sop_pipeline.services import build_services
 from tests.conftest import make_settings
-from tests.fakes.slack_fake import BotFactory, FakeSlack
+from tests.fakes.slack_fake import FakeSlack
 
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
 CHANNEL = "CSOP00001"
@@ -115,13 +115,6 @@ def test_a_slow_but_steady_stream_completes(make_services, fake_openai) -> None:
 def fake_slack() -> Iterator[FakeSlack]:
     with FakeSlack() as fake:
         yield fake
-
-
-@pytest.fixture
-def factory(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
-    made = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
-    yield made
-    made.close()
 
 
 @pytest.mark.parametrize("kind", STALLS)

@@ -23,7 +23,7 @@ from sop_pipeline.models import (
     TrainingExample,
 )
 from sop_pipeline.services import Services
-from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
+from tests.fakes.slack_fake import FakeSlack, user_reacts
 from tests.support.bot_process import BotProcess, bot_env, free_port
 from tests.support.waiting import wait_until
 
@@ -120,17 +120,22 @@ def test_a_draft_interrupted_by_kill9_is_marked_failed_in_its_thread_after_resta
     assert row.status == "failed" and row.error
 
 
-def _hold_history(fake_slack: FakeSlack) -> tuple[threading.Event, threading.Event]:
-    """Block the bot's first conversations.history call (mid-approval) until released."""
+def _hold_first(fake_slack: FakeSlack, held: str) -> tuple[threading.Event, threading.Event]:
+    """Block the bot's first `held` Web API call until released (`reached` says it came)."""
     reached, release = threading.Event(), threading.Event()
 
     def hold(method: str, params: dict) -> None:
-        if method == "conversations.history" and not reached.is_set():
+        if method == held and not reached.is_set():
             reached.set()
             release.wait(30)
 
     fake_slack.before_call = hold
     return reached, release
+
+
+def _hold_history(fake_slack: FakeSlack) -> tuple[threading.Event, threading.Event]:
+    """Mid-approval: before the approved message is read."""
+    return _hold_first(fake_slack, "conversations.history")
 
 
 def test_an_acknowledged_and_finished_approval_survives_kill9_and_redelivery(
@@ -160,16 +165,8 @@ def test_an_acknowledged_and_finished_approval_survives_kill9_and_redelivery(
 
 
 def _hold_confirmation(fake_slack: FakeSlack) -> tuple[threading.Event, threading.Event]:
-    """Block the first Slack call after an approval's commit (its confirmation reaction)."""
-    reached, release = threading.Event(), threading.Event()
-
-    def hold(method: str, params: dict) -> None:
-        if method == "reactions.add" and not reached.is_set():
-            reached.set()
-            release.wait(30)
-
-    fake_slack.before_call = hold
-    return reached, release
+    """After an approval's commit: its confirmation reaction, the first Slack call then."""
+    return _hold_first(fake_slack, "reactions.add")
 
 
 @pytest.mark.parametrize("redelivered", [True, False], ids=["redelivery", "restart-only"])
@@ -226,13 +223,6 @@ def test_an_approval_interrupted_by_kill9_is_stored_when_slack_redelivers_it(
 
 
 # --- provider and Slack errors at each call site ---------------------------------------------
-
-
-@pytest.fixture
-def factory(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
-    made = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
-    yield made
-    made.close()
 
 
 def _draft(bot, fake_slack: FakeSlack) -> tuple[dict, list[dict]]:  # noqa: ANN001

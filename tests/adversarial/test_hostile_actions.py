@@ -18,7 +18,7 @@ from bot.recovery import recover_abandoned_drafts
 from sop_pipeline.generation import start_generation
 from sop_pipeline.generation.recovery import current_worker, fail_abandoned_drafts
 from sop_pipeline.models import ApprovalConfirmation, Generation, TrainingExample
-from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
+from tests.fakes.slack_fake import FakeSlack, user_reacts
 
 SOPS = Path(__file__).parent.parent / "data" / "sops"
 CHANNEL = "CSOP00001"
@@ -26,13 +26,6 @@ OTHER = "COTHER001"
 APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine"
-
-
-@pytest.fixture
-def factory(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
-    made = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
-    yield made
-    made.close()
 
 
 @pytest.fixture

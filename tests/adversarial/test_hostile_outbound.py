@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from bot.slack_files import may_carry_token
 from sop_pipeline.models import TrainingExample
-from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
+from tests.fakes.slack_fake import FakeSlack, user_reacts
 
 SOPS = Path(__file__).parent.parent / "data" / "sops"
 CHANNEL = "CSOP00001"
@@ -64,13 +64,6 @@ def foreign() -> Iterator[ForeignHost]:
     host = ForeignHost((SOPS / "09_autoclave_operation.txt").read_bytes())
     yield host
     host.close()
-
-
-@pytest.fixture
-def factory(database_url, tmp_path, fake_openai, fake_slack, notifier):  # noqa: ANN001, ANN201
-    made = BotFactory(database_url, tmp_path / "data", fake_openai, fake_slack, notifier)
-    yield made
-    made.close()
 
 
 def examples(bot) -> list[TrainingExample]:  # noqa: ANN001

@@ -378,8 +378,8 @@ def _stream_once(run: _Run, messages: list[dict[str, object]]) -> tuple[str, str
         run.client,
         {"model": run.model or settings.sop_base_model, "messages": messages,
          "stream_options": {"include_usage": True}, "temperature": settings.sop_temperature,
-         "max_tokens": settings.sop_max_output_tokens,
-         "timeout": max(0.01, min(settings.openai_timeout_seconds, run.deadline.remaining()))},
+         "max_tokens": settings.sop_max_output_tokens},
+        timeout=max(0.01, min(settings.openai_timeout_seconds, run.deadline.remaining())),
         deadline=run.deadline, idle_seconds=settings.sop_stream_idle_seconds,
         check=run.check_cancel,
     )

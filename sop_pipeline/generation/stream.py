@@ -1,6 +1,12 @@
 """One streamed chat completion through the SDK's own stream iterator, under two wall-clock
 deadlines: the draft's overall deadline and an idle deadline (no text for N seconds).
 
+The request goes through the SDK's documented verb method (`client.post(..., stream=True,
+stream_cls=openai.Stream[...])`) with `cast_to=object`: the SDK's own retries, SSE decoding,
+Azure deployment routing and mid-stream error events, but each chunk arrives as the JSON the
+provider sent instead of a pydantic model built field by field. Building those models was
+three quarters of the bot's CPU per streamed chunk (11 ms against 3 ms per 88-chunk answer).
+
 The SDK call and its iteration run in a helper thread that hands chunks over a queue; the
 draft's thread waits on that queue with a timeout. So a deadline fires when the clock says so,
 whatever the provider sends: keep-alive comments, empty chunks, or a Retry-After the SDK is
@@ -58,9 +64,9 @@ _DONE = object()
 class _Reader(threading.Thread):
     """Sends the request and reads the SDK's stream, putting each chunk on `items`."""
 
-    def __init__(self, client: openai.OpenAI, params: dict[str, Any]) -> None:
+    def __init__(self, client: openai.OpenAI, body: dict[str, Any], timeout: float) -> None:
         super().__init__(daemon=True, name="sop-stream")
-        self.client, self.params = client, params
+        self.client, self.body, self.timeout = client, body, timeout
         self.items: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._abandoned = False
@@ -71,7 +77,10 @@ class _Reader(threading.Thread):
         stream: Any = None
         outcome: object = _DONE
         try:
-            stream = self.client.chat.completions.create(stream=True, **self.params)
+            stream = self.client.post(
+                "/chat/completions", body={**self.body, "stream": True}, cast_to=object,
+                stream=True, stream_cls=openai.Stream[object],
+                options={"timeout": self.timeout})
             with self._lock:
                 if self._abandoned:
                     return
@@ -109,15 +118,16 @@ class _Reader(threading.Thread):
 
 
 def stream_chat(
-    client: openai.OpenAI, params: dict[str, Any], *, deadline: Deadline,
+    client: openai.OpenAI, body: dict[str, Any], *, timeout: float, deadline: Deadline,
     idle_seconds: float, check: Callable[[], None] | None = None,
 ) -> Generator[Piece, None, None]:
-    """Yield what each chunk of `client.chat.completions.create(stream=True, **params)`
-    carries. Raises `DeadlineExceeded` at the overall deadline, `StreamStalled` when the open
-    stream sends no text for `idle_seconds`, `StreamBroken` when it fails mid-answer, and the
-    SDK's own error when the request fails. `check` runs at every wake-up (cancellation)."""
+    """Yield what each chunk of a streamed `POST /chat/completions` with `body` carries
+    (`timeout`: the SDK's per-request timeout). Raises `DeadlineExceeded` at the overall
+    deadline, `StreamStalled` when the open stream sends no text for `idle_seconds`,
+    `StreamBroken` when it fails mid-answer, and the SDK's own error when the request fails.
+    `check` runs at every wake-up (cancellation)."""
     deadline.check()
-    reader = _Reader(client, params)
+    reader = _Reader(client, body, timeout)
     reader.start()
     now = deadline.monotonic
     last_text: float | None = None  # set when the provider starts answering
@@ -153,16 +163,30 @@ def stream_chat(
         reader.abandon()
 
 
-def _piece(chunk: Any) -> Piece:
+def _piece(chunk: object) -> Piece:
+    """The text, finish reason and usage of one chunk as the provider sent it (JSON); a
+    field of an unexpected shape counts as absent, as the SDK's lenient models would read it."""
     piece = Piece()
-    usage = getattr(chunk, "usage", None)
-    if usage is not None:
+    if not isinstance(chunk, dict):
+        return piece
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
         piece.has_usage = True
-        piece.prompt_tokens = usage.prompt_tokens or 0
-        piece.completion_tokens = usage.completion_tokens or 0
-    for choice in chunk.choices or ():
-        if choice.delta is not None and choice.delta.content:
-            piece.text += choice.delta.content
-        if choice.finish_reason:
-            piece.finish_reason = choice.finish_reason
+        piece.prompt_tokens = _count(usage.get("prompt_tokens"))
+        piece.completion_tokens = _count(usage.get("completion_tokens"))
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            piece.text += content
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str) and finish:
+            piece.finish_reason = finish
     return piece
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

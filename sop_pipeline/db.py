@@ -50,6 +50,26 @@ def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE,
     return create_engine(url, pool_pre_ping=True, **pool)
 
 
+def make_write_engine(engine: Engine) -> Engine:
+    """The engine writing sessions use (`Services.session`). On a SQLite file it is a second
+    engine whose pool holds one connection: SQLite lets one connection write at a time, so
+    a process's writers queue in SQLAlchemy's pool (first come, first served, handed the
+    connection the moment it is returned) instead of polling in SQLite's busy handler, which
+    sleeps in steps growing to 100 ms and so lets a transaction of 2 ms keep the next writer
+    waiting a second under a burst. Other processes still wait in `busy_timeout`. Elsewhere
+    (PostgreSQL, in-memory SQLite) it is `engine` itself. Disposing `engine` disposes it."""
+    path = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or path in ("", ":memory:"):
+        return engine
+    writer = create_engine(engine.url, connect_args={"check_same_thread": False,
+                                                     "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+                           pool_size=1, max_overflow=0,
+                           pool_timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+    _sqlite_recipe(writer)
+    event.listen(engine, "engine_disposed", lambda _engine: writer.dispose())
+    return writer
+
+
 def _sqlite_recipe(engine: Engine) -> None:
     """SQLAlchemy's documented pysqlite recipe ("Serializable isolation / Savepoints /
     Transactional DDL"): the driver's own implicit BEGIN is switched off and SQLAlchemy begins

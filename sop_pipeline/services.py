@@ -60,14 +60,18 @@ class Services:
     engine: Engine
     notifier: Notifier = field(default_factory=LoggingNotifier)
     clock: Callable[[], datetime] = utcnow
+    write_engine: Engine | None = None  # `db.make_write_engine`; None: `engine` writes too
     _openai_client: openai.OpenAI | None = field(default=None, init=False, repr=False)
     _client_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _draft_slots: threading.BoundedSemaphore | None = field(default=None, init=False,
                                                            repr=False)
 
     def session(self) -> Session:
-        """A new session; callers commit explicitly (or use `db.session_scope`)."""
-        return Session(self.engine, expire_on_commit=False)
+        """A new session that may write; callers commit explicitly (or use
+        `db.session_scope`). On SQLite it begins IMMEDIATE on the process's one writing
+        connection (`db.make_write_engine`)."""
+        return Session(self.write_engine or self.engine, expire_on_commit=False,
+                       info={"engine": self.engine})
 
     def read_session(self) -> Session:
         """A session that only reads. On SQLite it begins DEFERRED, so it never queues for
@@ -133,6 +137,7 @@ def build_services(
     return Services(
         settings=settings,
         engine=engine,
+        write_engine=db.make_write_engine(engine),
         notifier=notifier or LoggingNotifier(),
         clock=clock or utcnow,
     )

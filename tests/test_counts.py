@@ -30,11 +30,14 @@ def statements(services: Services) -> Iterator[list[str]]:
     def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
         seen.append(statement)
 
-    event.listen(services.engine, "before_cursor_execute", record)
+    engines = {services.engine, services.write_engine or services.engine}  # reads and writes
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(services.engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 def loads_example_rows(seen: list[str]) -> list[str]:

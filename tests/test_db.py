@@ -146,3 +146,56 @@ def test_sqlite_a_session_that_read_before_another_writer_committed_still_writes
         assert [e.subject for e in audit.events(session, action="test")] == ["write:1",
                                                                               "write:2"]
     engine.dispose()
+
+
+def test_sqlite_writers_in_one_process_wait_for_its_one_writing_connection(tmp_path) -> None:  # noqa: ANN001, E501
+    """SQLite lets one connection write at a time: a process's writing sessions share one
+    connection (`make_write_engine`), so a second writer waits in SQLAlchemy's pool queue and
+    is handed the connection when the first commits, instead of polling in SQLite's busy
+    handler (sleeps of up to 100 ms each); twenty writers at once all land."""
+    import threading
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'writer.db'}")
+    db.upgrade(engine)
+    writer = db.make_write_engine(engine)
+    assert writer is not engine and writer.pool.size() == 1
+    first_wrote, release_first = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with Session(writer) as session:
+            _audit_row(session, 0)
+            first_wrote.set()
+            release_first.wait(10)
+            session.commit()
+
+    def later(n: int) -> None:
+        with Session(writer) as session:
+            _audit_row(session, n)
+            session.commit()
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    first_wrote.wait(10)
+    others = [threading.Thread(target=later, args=(n,)) for n in range(1, 20)]
+    for thread in others:
+        thread.start()
+    others[0].join(0.2)
+    # everyone else is queued for the pool's one connection, none holds a second one
+    assert others[0].is_alive() and writer.pool.checkedout() == 1
+    with Session(engine.execution_options(sqlite_begin="DEFERRED")) as reader:
+        assert audit.events(reader, action="test") == []  # readers never wait for writers
+    release_first.set()
+    for thread in [holder, *others]:
+        thread.join(30)
+    with Session(engine) as session:
+        assert len(audit.events(session, action="test")) == 20
+    engine.dispose()  # disposes the writer too
+    assert writer.pool.checkedin() == 0
+
+
+def test_only_a_sqlite_file_gets_a_writing_connection_of_its_own(pg_url: str) -> None:
+    memory, server = db.make_engine("sqlite:///:memory:"), db.make_engine(pg_url)
+    assert db.make_write_engine(memory) is memory  # another engine would be another database
+    assert db.make_write_engine(server) is server  # PostgreSQL has row locks, not one writer
+    memory.dispose()
+    server.dispose()

@@ -164,7 +164,7 @@ def test_a_draft_reads_only_its_top_rows(services):
 
     event.listen(services.engine, "before_cursor_execute", record)
     try:
-        with services.session() as session:
+        with services.read_session() as session:  # as a draft reads (draft_session)
             chosen = retrieve(session, "cleaning machine 7", k=3, token_budget=10_000,
                               count_tokens=by_words)
     finally:

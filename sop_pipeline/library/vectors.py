@@ -275,7 +275,9 @@ def after_approval(session: Session, settings: Settings, example_id: int, title:
                    prompt: str, body: str) -> None:
     """Give the example its vector once the approval's transaction has committed (plus a few
     older examples still without one). Failures are logged: full text still finds it."""
-    engine = session.get_bind().engine
+    # The process's pooled engine: during after_commit the session still holds its own
+    # connection, which on SQLite is the process's one writing connection.
+    engine = session.info.get("engine") or session.get_bind().engine
 
     def index(_session: Session) -> None:
         try:

@@ -163,7 +163,7 @@ def preload(database_url: str, count: int, *, seed: int = 15) -> None:
 
     from sop_pipeline import db
     from sop_pipeline.examples import default_prompt
-    from sop_pipeline.models import TrainingExample
+    from sop_pipeline.models import TrainingExample, eval_point
     from sop_pipeline.tokens import count_tokens
 
     engine = db.make_engine(database_url)
@@ -181,7 +181,8 @@ def preload(database_url: str, count: int, *, seed: int = 15) -> None:
                 title, body = make_sop(rng, number, real_steps)
                 rows.append({
                     "prompt": default_prompt(title), "sop_text": body, "title": title,
-                    "content_hash": hashlib.sha256(body.encode()).hexdigest(),
+                    "content_hash": (digest := hashlib.sha256(body.encode()).hexdigest()),
+                    "eval_point": eval_point(digest),
                     "source": "import", "source_path": f"benchmark/{number}.txt",
                     "approver": "UBENCH", "approved_at": now, "status": "approved",
                     "token_count": count_tokens(body), "created_at": now,

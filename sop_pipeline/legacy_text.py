@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from sop_pipeline import audit
-from sop_pipeline.models import ExampleStatus, TrainingExample
+from sop_pipeline.models import ExampleStatus, TrainingExample, eval_point
 from sop_pipeline.sop_format.title_prompt import default_prompt
 from sop_pipeline.sop_format.wording import continuation_steps, title_may_be_cut
 
@@ -66,6 +66,7 @@ def restore_text(session: Session, example: TrainingExample, prepared: PreparedS
     the row or stored this text first (the caller then treats it as a plain approval)."""
     old_hash = example.content_hash
     values: dict[str, Any] = {"sop_text": prepared.canonical, "content_hash": prepared.digest,
+                              "eval_point": eval_point(prepared.digest),
                               "wording_hash": prepared.wording, "token_count": prepared.tokens,
                               "legacy_text": False}
     if prepared.title and prepared.title != example.title:

@@ -10,11 +10,13 @@ instances on one PostgreSQL cannot race past it with read-then-write.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from enum import StrEnum, nonmember
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Index,
@@ -25,6 +27,15 @@ from sqlalchemy import (
     true,
 )
 from sqlmodel import Field, SQLModel
+
+STORED_EVAL_SEED = 7  # Settings.eval_seed's default: the seed `eval_point` is stored for
+
+
+def eval_point(digest: str, seed: int = STORED_EVAL_SEED) -> int:
+    """Where an example with this content hash falls in the evaluation hold-out under `seed`:
+    the first 12 hex digits of SHA-256("<seed>:<hash>") as an integer (0 to 16^12 - 1); the
+    example is held out when this is below EVAL_SHARE x 16^12."""
+    return int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:12], 16)
 
 
 def utcnow() -> datetime:
@@ -75,8 +86,9 @@ class TrainingExample(SQLModel, table=True):
     __tablename__ = "training_example"
     __table_args__ = (
         UniqueConstraint("slack_channel", "slack_ts", name="uq_example_slack_msg"),
-        # Counts read only this index (the hold-out rule needs the hash), never the texts.
-        Index("ix_training_example_status_hash", "status", "content_hash", "id"),
+        # Counts read only this index, never the texts: the hold-out rule needs eval_point
+        # (or, for another EVAL_SEED or a row without one, the hash).
+        Index("ix_training_example_status_point", "status", "eval_point", "content_hash", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -84,6 +96,9 @@ class TrainingExample(SQLModel, table=True):
     sop_text: str = Field(sa_column=Column(Text, nullable=False))
     title: str = ""
     content_hash: str = Field(unique=True, index=True, max_length=64)
+    # eval_point(content_hash) for STORED_EVAL_SEED, written with the hash (migration 0004):
+    # counts test the hold-out in SQL instead of calling a hash function per row.
+    eval_point: int | None = Field(default=None, sa_type=BigInteger)
     # sop_format.wording_fingerprint(sop_text): finds the renumbered text an older release
     # stored for the same SOP (issue #13). Not unique: such a database may already hold both
     # texts of one SOP, and SOPs that differ only in title share it.

@@ -9,16 +9,25 @@ from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import event
-from sqlmodel import select
+from sqlmodel import col, select
 
 from sop_pipeline.examples import (
+    _cached_eval_point,
     approve_sop,
     eval_holdout_ids,
     example_counts,
     trained_example_ids,
 )
-from sop_pipeline.models import DatasetSnapshot, RunState, TrainingExample, TrainingRun
+from sop_pipeline.models import (
+    STORED_EVAL_SEED,
+    DatasetSnapshot,
+    RunState,
+    TrainingExample,
+    TrainingRun,
+    eval_point,
+)
 from sop_pipeline.services import Services
+from sop_pipeline.settings import Settings
 from sop_pipeline.status import status_report
 from tests.conftest import DATA_DIR
 
@@ -122,3 +131,50 @@ def test_an_approval_confirmation_counts_without_loading_the_library(services):
     assert result.counts is not None and result.counts.approved == 31
     assert loads_example_rows(seen) == [], loads_example_rows(seen)
     assert any("count" in s.lower() or "sum(" in s.lower() for s in seen)
+
+
+def store_points(services: Services, ids: list[int]) -> None:
+    """Give these rows their stored hold-out point, as approval and migration 0004 do."""
+    with services.session() as session:
+        for row in session.exec(select(TrainingExample).where(
+                col(TrainingExample.id).in_(ids))):
+            row.eval_point = eval_point(row.content_hash)
+        session.commit()
+
+
+@pytest.mark.parametrize("seed", [STORED_EVAL_SEED, 11])
+def test_stored_and_computed_hold_out_points_count_alike(services, seed):
+    """Rows with a stored point and rows without one (written by hand, or before 0004), under
+    the seed the points are stored for and under another: the same counts as the rules."""
+    services.settings.eval_share, services.settings.eval_seed = 0.3, seed
+    services.settings.sop_min_examples = 5
+    ids = add_examples(services, 60, retracted=4)
+    store_points(services, ids[::2])
+    trained_on(services, ids[:20], RunState.SUCCEEDED, "a")
+    with services.session() as session:
+        counts = example_counts(session, services.settings)
+    got = (counts.approved, counts.retracted, counts.new_since_last_training,
+           counts.total_trainable)
+    assert got == reference_counts(services)
+    assert counts.total_trainable < counts.approved  # some are held out: the test means it
+
+
+def test_with_every_point_stored_the_count_calls_no_function_per_row(services):
+    services.settings.eval_share = 0.3
+    store_points(services, add_examples(services, 40))
+    _cached_eval_point.cache_clear()
+    with services.session() as session:
+        example_counts(session, services.settings)
+    info = _cached_eval_point.cache_info()
+    assert info.hits + info.misses == 0
+
+
+def test_approval_stores_the_hold_out_point_and_the_default_seed_is_the_stored_one(services):
+    text = (DATA_DIR / "sops" / "06_balance_calibration.md").read_text()
+    with services.session() as session:
+        result = approve_sop(session, services.template, services.settings, text=text,
+                             approver="U1")
+        session.commit()
+    assert result.example is not None
+    assert result.example.eval_point == eval_point(result.example.content_hash)
+    assert Settings.model_fields["eval_seed"].default == STORED_EVAL_SEED

@@ -25,7 +25,7 @@ from sop_pipeline.examples import (
     prepare_sop,
 )
 from sop_pipeline.library import search
-from sop_pipeline.models import TrainingExample, UTCDateTime
+from sop_pipeline.models import TrainingExample, UTCDateTime, eval_point
 from sop_pipeline.services import Services, build_services
 from sop_pipeline.sop_format import load_template, training_text
 from sop_pipeline.sop_format.wording import wording_fingerprint
@@ -88,6 +88,7 @@ def assert_restored(services: Services, example_id: int, *, approver: str = "qa.
     assert example.id == example_id
     assert example.sop_text == NEW_TEXT
     assert example.content_hash == content_hash(NEW_TEXT)
+    assert example.eval_point == eval_point(example.content_hash)  # the new text's point
     assert example.token_count == count_tokens(NEW_TEXT)
     assert example.wording_hash == wording_fingerprint(OLD_TEXT)
     assert example.title == TITLE and example.prompt == default_prompt(TITLE)
@@ -306,6 +307,11 @@ def test_migration_backfills_every_row_keeps_the_search_triggers_and_downgrades(
     assert all(legacy for *_rest, legacy in stored)
     assert stored[0][2] == wording_fingerprint(NEW_TEXT)  # the renumbered row, found again
     assert "ix_training_example_wording_hash" in indexes
+    with engine.connect() as conn:  # 0004: every row's hold-out point, for counts in SQL
+        points = conn.execute(sa.text(
+            "SELECT content_hash, eval_point FROM training_example")).all()
+    assert all(point == eval_point(digest) for digest, point in points)
+    assert "ix_training_example_status_point" in indexes
     search.forget_statistics()
     with Session(engine) as session:  # the triggers still keep search in step
         session.execute(sa.update(TrainingExample).where(TrainingExample.id == 3)
@@ -324,7 +330,9 @@ def test_migration_backfills_every_row_keeps_the_search_triggers_and_downgrades(
         assert _triggers(conn) == triggers
         assert conn.execute(sa.text("SELECT count(*) FROM training_example")).scalar_one() == 522
     assert "wording_hash" not in columns and "legacy_text" not in columns
+    assert "eval_point" not in columns
     assert "ix_training_example_wording_hash" not in indexes
+    assert "ix_training_example_status_hash" in indexes  # 0002_retrieval's, back again
     with engine.begin() as conn:  # the old release carries on writing, and search follows
         conn.execute(sa.insert(_OLD_TABLE), [old_row(
             "Title: y\n\n5.0 Procedure:\n5.1 Descale kettles.\n", "Kettles")])

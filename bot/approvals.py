@@ -219,8 +219,7 @@ def approve(ctx: BotContext, candidate: Candidate, approver: str, claim_key: str
             findings_text=(blocks.findings_text(result.findings)
                            if result.status == ApprovalStatus.NOT_COMPLIANT else None),
         )
-        session.commit()
-        session.refresh(row)
+        session.commit()  # every column was set here (expire_on_commit=False): no re-read
         session.expunge(row)
     return row
 

@@ -109,8 +109,8 @@ def claim(services: Services, generation_id: int) -> tuple[Generation, bool]:
             .where(col(Generation.id) == generation_id, claimable)
             .values(status="streaming", error=None, worker=current_worker())
         )
-        session.commit()
-        row = session.get(Generation, generation_id)
+        row = session.get(Generation, generation_id)  # read in the same transaction: a read
+        session.commit()  # after COMMIT would queue for the writing connection once more
         if row is None:
             raise LookupError(f"There is no SOP generation with id {generation_id}.")
         return row, result.rowcount == 1

@@ -44,6 +44,13 @@ _FIELD_LINE = re.compile(r"^[^:：|]{1,40}[:：|](?:\s|$)")
 _LABEL_LINE = re.compile(r"^[A-Z][\w/&()' -]{0,40}?\s*[:：]\s+\S")
 
 
+def _join_title(title: str, more: str) -> str:
+    """A title wrapped over two lines, cleaned as one line: a `code span` or **bold** the wrap
+    (or an HTML line break) cut in two is decoration again once joined, and is read as such,
+    so the training text reads the same when it is read again."""
+    return clean_inline(f"{title} {more}")
+
+
 @dataclass(frozen=True)
 class _Heading:
     number: str | None
@@ -114,7 +121,7 @@ class _Builder:
                 line = self.preamble[index]
                 if line.gap or line.marked or _FIELD_LINE.match(line.text):
                     break
-                self.title = f"{self.title} {line.text}"
+                self.title = _join_title(self.title, line.text)
                 self.preamble.pop(index)
         return SOP(
             title=self.title or None,
@@ -176,7 +183,7 @@ class _Builder:
             self.title_open and not line.gap and not line.marked and self.title
             and not _FIELD_LINE.match(line.text)
         ):
-            self.title = f"{self.title} {line.text}"  # a long title wrapped onto two lines
+            self.title = _join_title(self.title, line.text)  # a long title wrapped in two
         else:
             self.title_open = False
             self.preamble.append(line)

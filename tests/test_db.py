@@ -199,3 +199,23 @@ def test_only_a_sqlite_file_gets_a_writing_connection_of_its_own(pg_url: str) ->
     assert db.make_write_engine(server) is server  # PostgreSQL has row locks, not one writer
     memory.dispose()
     server.dispose()
+
+
+def test_head_revision_is_alembics_head() -> None:
+    assert db.HEAD_REVISION == HEAD
+
+
+def test_a_database_already_at_head_is_not_upgraded_and_alembic_is_never_imported(
+    database_url: str,
+) -> None:
+    """A restart (the bot upgrades at every start) reads alembic_version and stops there:
+    Alembic's import is 12 MB of the bot's memory. A new database is upgraded as before."""
+    code = ("import sys; from sop_pipeline import db; e = db.make_engine(sys.argv[1]); "
+            "db.upgrade(e); print(db.stored_revision(e), 'alembic' in sys.modules)")
+
+    def start() -> str:
+        return subprocess.run([sys.executable, "-c", code, database_url], check=True,
+                              capture_output=True, text=True).stdout.split()
+
+    assert start() == [HEAD, "True"]  # a new database: Alembic creates and upgrades it
+    assert start() == [HEAD, "False"]  # a restart: one SELECT, no Alembic

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -72,8 +73,10 @@ class Running:
 
     def __init__(self, command: list[str], folder: Path, env: dict[str, str]) -> None:
         self.lines: list[str] = []
+        # a session of its own: stopping signals the whole group, as a platform does, so the
+        # bot under the Procfile's shell is stopped too (not left running after the test)
         self.proc = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -93,11 +96,11 @@ class Running:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self._reader.join(5)
 
@@ -168,7 +171,8 @@ def test_quick_start_http_mode(tmp_path: Path, fake_slack, fake_openai, running,
     if how == "Procfile":  # a platform runs the web process with $PORT in the environment
         [web] = [line.split(":", 1)[1].strip() for line in
                  (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")]
-        bot = Running(["/bin/sh", "-c", web], folder, clean_env(PORT=str(port)))
+        # as Heroku-style platforms do: bash runs the line (and execs a single command)
+        bot = Running(["/bin/bash", "-c", web], folder, clean_env(PORT=str(port)))
     else:
         bot = Running([str(SOP_BOT), "run"], folder, clean_env())
     running.append(bot)

@@ -295,6 +295,12 @@ def run_one(options: Options, app: str, size: int) -> Figures:
         bot = BotProcess(env, workdir / "bot", name=app)
         if textbook:
             bot.command = [sys.executable, str(Path(__file__).with_name("textbook_app.py"))]
+        if not textbook:  # as deployed: the Procfile's release phase migrates first
+            from sop_pipeline import db
+
+            engine = db.make_engine(database_url)
+            db.upgrade(engine)
+            engine.dispose()
         try:
             bot.start(timeout=90)
             if socket_mode and not fake_socket.connected.wait(30):

@@ -97,5 +97,8 @@ def test_every_command_the_manifest_declares_has_a_handler() -> None:
         assert f'app.command("{command["command"]}")' in source
 
 
-def test_procfile_runs_the_bot_in_http_mode() -> None:
-    assert (ROOT / "Procfile").read_text().strip() == "web: sop-bot run"
+def test_procfile_migrates_in_the_release_phase_and_runs_the_bot() -> None:
+    assert (ROOT / "Procfile").read_text().splitlines() == [
+        "release: sop-bot db upgrade",  # before the new release's processes start
+        "web: sop-bot run",
+    ]

@@ -20,6 +20,7 @@ from bot import approvals, blocks
 from bot.drafting import draft_in_thread, slack_error, slug
 from bot.runtime import BotContext
 from sop_pipeline import sop_format
+from sop_pipeline.generation import RequestRejected, start_generation
 from sop_pipeline.models import Generation
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,11 @@ def on_regenerate(body: dict, *, ctx: BotContext) -> None:
     thread_ts = row.slack_thread_ts or thread
     assert row.slack_channel and thread_ts  # _claimed_click checked the draft is in place
     try:
-        draft_in_thread(ctx, channel=row.slack_channel,
-                        thread_ts=thread_ts, request=row.request,
+        again = start_generation(ctx.services, row.request, user, slack_channel=row.slack_channel)
+        draft_in_thread(ctx, channel=row.slack_channel, thread_ts=thread_ts, row=again,
                         requester=user)
+    except RequestRejected as exc:  # the limits changed since the first draft
+        approvals.ephemeral(ctx, channel, user, str(exc), thread)
     except SlackApiError as exc:
         approvals.ephemeral(ctx, channel, user,
                             f"I couldn't post a new draft ({slack_error(exc)}). Try again.")

@@ -19,7 +19,13 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks
 from bot.drafting import channel_problem, draft_in_thread, slack_error
 from bot.runtime import BotContext
-from sop_pipeline.generation import RequestRejected, validate_request
+from sop_pipeline.generation import (
+    RequestRejected,
+    RequestReplayed,
+    start_generation,
+    validate_request,
+)
+from sop_pipeline.generation.store import finish
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +80,40 @@ def command_key(command: dict) -> str:
 
 
 def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext) -> None:
-    """`/sop <request>`: parent message in the channel, draft in its thread. A replayed
-    command (same trigger_id, claimed across instances) drafts nothing."""
-    if command.get("trigger_id") or command.get("response_url"):
-        if not ctx.claim(command_key(command)):
-            log.warning("ignoring a replayed /sop (its trigger_id was handled before)")
-            return
+    """`/sop <request>`: parent message in the channel, draft in its thread. The request is
+    stored before anything is posted, claimed by the command's own id in the same write, so a
+    replayed command (same trigger_id, on any instance) posts and drafts nothing."""
     user, channel = command["user_id"], command["channel_id"]
+    key = command_key(command) if command.get("trigger_id") or command.get("response_url") \
+        else None
+    try:
+        row = start_generation(ctx.services, request, user, slack_channel=channel,
+                               claim_key=key)
+    except RequestReplayed:
+        log.warning("ignoring a replayed /sop (its trigger_id was handled before)")
+        return
+    except RequestRejected as exc:
+        _ephemeral(respond, str(exc))
+        return
+    except Exception:
+        log.exception("could not store the request for a draft")
+        _ephemeral(respond, "I couldn't save your request, so no draft was started. Try `/sop` "
+                            "again; if it keeps failing, ask an admin to check the bot's log.")
+        return
     try:
         parent = ctx.client.chat_postMessage(
             channel=channel, text=f"SOP draft requested by <@{user}>: {blocks.escape(request)}"
         )
     except SlackApiError as exc:
+        assert row.id is not None
+        finish(ctx.services, row.id, {
+            "status": "failed", "completed_at": ctx.services.clock(),
+            "error": f"Slack refused the request's message ({slack_error(exc)})."})
         _ephemeral(respond, channel_problem(exc) or
                    f"I couldn't post your request ({slack_error(exc)}). Try again in a minute.")
         return
     try:
-        draft_in_thread(ctx, channel=channel, thread_ts=parent["ts"], request=request,
-                        requester=user)
+        draft_in_thread(ctx, channel=channel, thread_ts=parent["ts"], row=row, requester=user)
     except SlackApiError as exc:
         log.warning("drafting in %s failed: %s", channel, slack_error(exc))
         _ephemeral(respond, channel_problem(exc) or

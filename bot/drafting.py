@@ -18,12 +18,9 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks, render
 from bot.runtime import BotContext
 from sop_pipeline import sop_format
-from sop_pipeline.generation import (
-    GenerationResult,
-    RequestRejected,
-    run_generation,
-    start_generation,
-)
+from sop_pipeline.generation import GenerationResult, ReplyAt, run_generation
+from sop_pipeline.generation.store import finish
+from sop_pipeline.models import Generation
 
 log = logging.getLogger(__name__)
 
@@ -182,35 +179,29 @@ class DraftOutcome:
 
 
 def draft_in_thread(
-    ctx: BotContext, *, channel: str, thread_ts: str, request: str, requester: str,
+    ctx: BotContext, *, channel: str, thread_ts: str, row: Generation, requester: str,
 ) -> DraftOutcome:
     """Open a streamed reply in the thread (or post a placeholder where Slack refuses
-    streaming), generate, stream, and finish with the draft."""
+    streaming), generate the stored request `row`, stream, and finish with the draft."""
     client = ctx.client
-    preview: StreamingPreview | None = SlackStreamPreview.start(
-        ctx, channel=channel, thread_ts=thread_ts, requester=requester, team_id=team_id(ctx))
-    if preview is None:
-        reply = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=PLACEHOLDER)
-        preview = StreamingPreview(ctx, channel, reply["ts"])
-    reply_ts = preview.ts
-    try:
-        row = start_generation(ctx.services, request, requester, slack_channel=channel,
-                               slack_thread_ts=thread_ts, slack_ts=reply_ts)
-    except RequestRejected as exc:
-        preview.finish()
-        client.chat_update(channel=channel, ts=reply_ts, text=render.mrkdwn(exc))
-        return DraftOutcome(reply_ts, None, str(exc))
-    except Exception:
-        log.exception("could not store the request for a draft")
-        text = (":x: I couldn't save this request, so no draft was started. Try `/sop` again; "
-                "if it keeps failing, ask an admin to check the bot's log.")
-        preview.finish()
-        client.chat_update(channel=channel, ts=reply_ts, text=text)
-        return DraftOutcome(reply_ts, None, text)
     assert row.id is not None
     try:
+        preview: StreamingPreview | None = SlackStreamPreview.start(
+            ctx, channel=channel, thread_ts=thread_ts, requester=requester,
+            team_id=team_id(ctx))
+        if preview is None:
+            reply = client.chat_postMessage(channel=channel, thread_ts=thread_ts,
+                                            text=PLACEHOLDER)
+            preview = StreamingPreview(ctx, channel, reply["ts"])
+    except SlackApiError as exc:
+        finish(ctx.services, row.id, {
+            "status": "failed", "completed_at": ctx.services.clock(),
+            "error": f"Slack refused the reply that would show this draft ({slack_error(exc)})."})
+        raise
+    reply_ts = preview.ts
+    try:
         result = run_generation(ctx.services, row.id, on_delta=preview.on_delta,
-                                on_reset=preview.on_reset)
+                                on_reset=preview.on_reset, reply=ReplyAt(thread_ts, reply_ts))
     except Exception:
         log.exception("generation %s crashed", row.id)
         text = (f":x: Something went wrong while drafting (draft #{row.id}). Try `/sop` "

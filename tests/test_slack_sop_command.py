@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from sqlmodel import select
 
 from bot import blocks
 from sop_pipeline.models import Generation
@@ -163,7 +164,7 @@ def test_a_request_that_is_not_an_sop_is_refused_with_a_sentence(make_bot, fake_
     assert fake_openai.requests_to("/chat/completions") == []
 
 
-def test_not_in_channel_tells_the_user_to_invite_the_bot(make_bot, fake_slack):  # noqa: ANN001
+def test_not_in_channel_tells_the_user_to_invite_the_bot(make_bot, fake_slack, fake_openai):  # noqa: ANN001
     bot = make_bot()
     fake_slack.not_member.add(CHANNEL)
     bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
@@ -171,6 +172,31 @@ def test_not_in_channel_tells_the_user_to_invite_the_bot(make_bot, fake_slack): 
     assert len(fake_slack.responses) == 1
     assert "/invite @SOP Bot" in fake_slack.responses[0]["text"]
     assert fake_slack.responses[0]["response_type"] == "ephemeral"
+    assert fake_openai.requests_to("/chat/completions") == []
+    # the request was stored before posting; it is failed at once, with the reason, rather
+    # than left pending until the recovery sweep finds it
+    with bot.ctx.services.session() as session:
+        row = session.get(Generation, 1)
+    assert row is not None and row.status == "failed" and row.completed_at is not None
+    assert row.error == "Slack refused the request's message (not_in_channel)."
+
+
+def test_the_request_is_stored_and_claimed_in_one_write_before_anything_is_posted(
+    make_bot, fake_slack,  # noqa: ANN001
+) -> None:
+    """A replayed /sop (same trigger_id) posts nothing: the claim commits with the stored
+    request, before the parent message; the reply is recorded when the draft is claimed."""
+    bot = make_bot()
+    for _ in range(2):
+        bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL, trigger_id="13.24.ab")
+        bot.wait()
+    assert len(fake_slack.top_level(CHANNEL)) == 1
+    parent, replies = _draft_reply(fake_slack)
+    with bot.ctx.services.session() as session:
+        rows = list(session.exec(select(Generation)))
+    assert len(rows) == 1
+    assert (rows[0].slack_thread_ts, rows[0].slack_ts) == (parent["ts"], replies[0]["ts"])
+    assert rows[0].status == "completed"
 
 
 def test_rate_limited_posts_are_retried_after_retry_after(make_bot, fake_slack):  # noqa: ANN001
@@ -228,7 +254,6 @@ def test_fifty_drafts_stream_in_parallel(make_bot, fake_slack):  # noqa: ANN001
     bot.wait(timeout=90)
     assert sorted(passed) == list(range(50))
     with bot.ctx.services.session() as session:
-        from sqlmodel import select
 
         rows = list(session.exec(select(Generation)))
     assert len(rows) == 50

@@ -15,6 +15,8 @@ from sop_pipeline.generation.generate import (
 from sop_pipeline.generation.messages import RequestRejected, draft_notice, validate_request
 from sop_pipeline.generation.store import (
     GenerationResult,
+    ReplyAt,
+    RequestReplayed,
     find_generation_by_message,
     start_generation,
 )
@@ -23,7 +25,9 @@ __all__ = [
     "MODE_FINE_TUNED",
     "MODE_RETRIEVAL",
     "GenerationResult",
+    "ReplyAt",
     "RequestRejected",
+    "RequestReplayed",
     "draft_notice",
     "find_generation_by_message",
     "generate",

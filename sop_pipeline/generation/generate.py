@@ -179,8 +179,10 @@ def run_generation(
     on_delta: DeltaFn | None = None,
     cancel: threading.Event | None = None,
     on_reset: Callable[[], None] | None = None,
+    reply: store.ReplyAt | None = None,
 ) -> GenerationResult:
-    """Generate the draft for a stored request, streaming it to `on_delta`.
+    """Generate the draft for a stored request, streaming it to `on_delta` (and, with `reply`,
+    recording where the draft is shown as the run is claimed).
 
     Failures never raise: provider trouble, the deadline, a cancel or a bug all end as status
     "failed" with a sentence in `error` (and no draft text). Only an unknown id raises
@@ -189,7 +191,7 @@ def run_generation(
     A completed generation is returned as stored (no second provider call); one that another
     worker is streaming right now is returned as is, status "streaming".
     """
-    row, won = store.claim(services, generation_id)
+    row, won = store.claim(services, generation_id, reply)
     if not won:
         return store.result_from_row(services, row)
     run = _Run(

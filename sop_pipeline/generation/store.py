@@ -10,6 +10,7 @@ from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
 from sop_pipeline import sop_format
+from sop_pipeline.claims import claim as claim_once
 from sop_pipeline.generation.messages import draft_notice, validate_request
 from sop_pipeline.generation.recovery import current_worker
 from sop_pipeline.models import Generation
@@ -52,6 +53,18 @@ class GenerationResult:
         return sop_format.summarize(self.findings)
 
 
+class RequestReplayed(Exception):
+    """`start_generation`'s `claim_key` was claimed before: this request was handled already."""
+
+
+@dataclass(frozen=True)
+class ReplyAt:
+    """Where a chat surface shows the draft: its thread and the reply message itself."""
+
+    thread_ts: str
+    ts: str
+
+
 def start_generation(
     services: Services,
     request: str,
@@ -60,9 +73,14 @@ def start_generation(
     slack_channel: str | None = None,
     slack_thread_ts: str | None = None,
     slack_ts: str | None = None,
+    claim_key: str | None = None,
 ) -> Generation:
     """Validate the request and store a pending Generation (committed). No provider call.
-    `slack_ts` is the reply that will show the draft, when it is already posted."""
+    `slack_ts` is the reply that will show the draft, when it is already posted.
+
+    With `claim_key` (a chat command's own id), the key is claimed in the same transaction,
+    so a replayed command stores nothing and raises `RequestReplayed`: one write, not two,
+    before anything is posted (writers queue for SQLite's one writing connection)."""
     text = validate_request(request, services.settings.sop_max_request_chars)
     row = Generation(
         request=text, requester=requester, status="pending",
@@ -71,6 +89,8 @@ def start_generation(
         created_at=services.clock(),
     )
     with services.session() as session:
+        if claim_key is not None and not claim_once(session, claim_key, row.created_at):
+            raise RequestReplayed(claim_key)
         session.add(row)
         session.commit()  # the id comes back with the INSERT; every other value is set here
     return row
@@ -90,8 +110,12 @@ def find_generation_by_message(session: Session, channel: str, ts: str) -> Gener
     return session.exec(by_thread).first()
 
 
-def claim(services: Services, generation_id: int) -> tuple[Generation, bool]:
-    """Atomically move pending/failed → streaming, so two workers never run one request.
+def claim(
+    services: Services, generation_id: int, reply: ReplyAt | None = None,
+) -> tuple[Generation, bool]:
+    """Atomically move pending/failed → streaming, so two workers never run one request;
+    `reply` (where the draft is shown, when it was posted after the row was stored) is
+    recorded by the same UPDATE.
 
     A row left "streaming" by a worker that died is claimable again once it is older than
     twice the generation timeout plus a minute (no live worker can still be on it).
@@ -103,11 +127,12 @@ def claim(services: Services, generation_id: int) -> tuple[Generation, bool]:
         col(Generation.status).in_(("pending", "failed")),
         and_(col(Generation.status) == "streaming", col(Generation.created_at) < stale_before),
     )
+    shown_at = {"slack_thread_ts": reply.thread_ts, "slack_ts": reply.ts} if reply else {}
     with services.session() as session:
         result = session.exec(
             update(Generation)
             .where(col(Generation.id) == generation_id, claimable)
-            .values(status="streaming", error=None, worker=current_worker())
+            .values(status="streaming", error=None, worker=current_worker(), **shown_at)
         )
         row = session.get(Generation, generation_id)  # read in the same transaction: a read
         session.commit()  # after COMMIT would queue for the writing connection once more
@@ -149,7 +174,8 @@ def finish(services: Services, generation_id: int, outcome: dict) -> GenerationR
 def _store_outcome(session: Session, generation_id: int, outcome: dict) -> Generation:
     """Write a run's outcome onto its row (flushed; the caller commits)."""
     row = session.get(Generation, generation_id)
-    assert row is not None
+    if row is None:
+        raise LookupError(f"There is no SOP generation with id {generation_id}.")
     for name, value in outcome.items():
         setattr(row, name, value)
     session.add(row)

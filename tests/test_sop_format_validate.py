@@ -498,3 +498,13 @@ def test_a_bad_template_names_the_file_and_the_problem(
 def test_a_missing_template_file_is_a_template_error(tmp_path: Path) -> None:
     with pytest.raises(TemplateError, match="nope.toml cannot be read"):
         load_template(tmp_path / "nope.toml")
+
+
+@given(st.text(max_size=12) | st.text(alphabet="ABCdeß1-ǅ\u0345İ", max_size=6))
+def test_the_quick_capitals_check_agrees_with_its_definition(word: str) -> None:
+    """Words in capitals (for shouted phrases) are found without a loop per character for
+    ASCII words; the answer is the definition's for every word."""
+    from sop_pipeline.sop_format.validate import _in_capitals
+
+    letters = [ch for ch in word if ch.isalpha()]
+    assert _in_capitals(word) == (len(letters) >= 2 and all(ch.isupper() for ch in letters))

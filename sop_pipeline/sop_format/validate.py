@@ -462,7 +462,7 @@ def _abbreviations_in(text: str, template: Template) -> Iterator[str]:
     words = text.split()
     shouted = _shouted_words(words, high)
     for index, word in enumerate(words):
-        if index in shouted:
+        if index in shouted or word == word.lower():  # no capital: nothing to define
             continue
         if any(ch.isdigit() for ch in word):
             mixed = _MIXED_WITH_DIGITS.fullmatch(word.strip(_PUNCTUATION))
@@ -503,15 +503,24 @@ def _shouted_words(words: list[str], max_length: int) -> set[int]:
     shouted: set[int] = set()
     run: list[int] = []
     for index, word in enumerate([*words, ""]):
-        letters = [ch for ch in word if ch.isalpha()]
-        if len(letters) >= 2 and all(ch.isupper() for ch in letters):
+        if _in_capitals(word):
             run.append(index)
+            continue
+        if not run:
             continue
         longest = max((sum(ch.isalpha() for ch in words[i]) for i in run), default=0)
         if len(run) >= 3 or (len(run) >= 2 and longest > max_length):
             shouted.update(run)
         run = []
     return shouted
+
+
+def _in_capitals(word: str) -> bool:
+    """Two or more letters, every one a capital."""
+    if word.isascii() and word != word.upper():  # most words: a small letter, found in C
+        return False
+    letters = [ch for ch in word if ch.isalpha()]
+    return len(letters) >= 2 and all(ch.isupper() for ch in letters)
 
 
 @lru_cache(maxsize=8)

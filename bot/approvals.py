@@ -250,15 +250,15 @@ def announce(ctx: BotContext, row: ApprovalConfirmation) -> None:
     message and a note only the approver sees (SOP_APPROVAL_PUBLIC_REPLY adds a thread reply);
     the format findings the same way. Then the confirmation is recorded as posted."""
     client, public = ctx.client, ctx.settings.sop_approval_public_reply
-    result = _result(ctx, row)
     if row.status in (ApprovalStatus.APPROVED, ApprovalStatus.REAPPROVED):
+        # the reaction first: it needs nothing more from the database, the note needs counts
         try:
             client.reactions_add(channel=row.channel, timestamp=row.reacted_ts,
                                  name=CONFIRM_REACTION)
         except SlackApiError as exc:
             if slack_error(exc) != "already_reacted":
                 log.warning("confirmation reaction failed: %s", slack_error(exc))
-        text = blocks.escape(result.message)
+        text = blocks.escape(_result(ctx, row).message)
         if public:
             client.chat_postMessage(channel=row.channel, thread_ts=row.thread_ts, text=text)
         else:
@@ -274,7 +274,8 @@ def announce(ctx: BotContext, row: ApprovalConfirmation) -> None:
         else:
             ephemeral(ctx, row.channel, row.approver, thread_ts=row.thread_ts, **message)
     else:  # duplicate: the first approval was already confirmed
-        ephemeral(ctx, row.channel, row.approver, blocks.escape(result.message), row.thread_ts)
+        ephemeral(ctx, row.channel, row.approver, blocks.escape(_result(ctx, row).message),
+                  row.thread_ts)
     with ctx.services.session() as session:
         confirmations.mark_posted(session, row.key)
         session.commit()

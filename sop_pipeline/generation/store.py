@@ -133,6 +133,8 @@ def claim(
             update(Generation)
             .where(col(Generation.id) == generation_id, claimable)
             .values(status="streaming", error=None, worker=current_worker(), **shown_at)
+            # a fresh session holds no rows to update in Python: skip the ORM's evaluation
+            .execution_options(synchronize_session=False)
         )
         row = session.get(Generation, generation_id)  # read in the same transaction: a read
         session.commit()  # after COMMIT would queue for the writing connection once more

@@ -22,10 +22,10 @@ from bot.runtime import BotContext
 from sop_pipeline.generation import (
     RequestRejected,
     RequestReplayed,
+    fail_before_running,
     start_generation,
     validate_request,
 )
-from sop_pipeline.generation.store import finish
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext
         )
     except SlackApiError as exc:
         assert row.id is not None
-        finish(ctx.services, row.id, {
-            "status": "failed", "completed_at": ctx.services.clock(),
-            "error": f"Slack refused the request's message ({slack_error(exc)})."})
+        fail_before_running(ctx.services, row.id,
+                            f"Slack refused the request's message ({slack_error(exc)}).")
         _ephemeral(respond, channel_problem(exc) or
                    f"I couldn't post your request ({slack_error(exc)}). Try again in a minute.")
         return

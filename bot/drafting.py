@@ -18,8 +18,12 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks, render
 from bot.runtime import BotContext
 from sop_pipeline import sop_format
-from sop_pipeline.generation import GenerationResult, ReplyAt, run_generation
-from sop_pipeline.generation.store import finish
+from sop_pipeline.generation import (
+    GenerationResult,
+    ReplyAt,
+    fail_before_running,
+    run_generation,
+)
 from sop_pipeline.models import Generation
 
 log = logging.getLogger(__name__)
@@ -194,9 +198,8 @@ def draft_in_thread(
                                             text=PLACEHOLDER)
             preview = StreamingPreview(ctx, channel, reply["ts"])
     except SlackApiError as exc:
-        finish(ctx.services, row.id, {
-            "status": "failed", "completed_at": ctx.services.clock(),
-            "error": f"Slack refused the reply that would show this draft ({slack_error(exc)})."})
+        fail_before_running(ctx.services, row.id, "Slack refused the reply that would show "
+                            f"this draft ({slack_error(exc)}).")
         raise
     reply_ts = preview.ts
     try:

@@ -181,6 +181,25 @@ def test_not_in_channel_tells_the_user_to_invite_the_bot(make_bot, fake_slack, f
     assert row.error == "Slack refused the request's message (not_in_channel)."
 
 
+def test_a_refused_draft_reply_fails_the_stored_request_and_tells_the_user(  # noqa: ANN201
+        make_bot, fake_slack, fake_openai):  # noqa: ANN001
+    fake_slack.refuse_streaming = "feature_not_enabled"
+    fake_slack.inject("chat.postMessage", "restricted_action",
+                      when=lambda params: bool(params.get("thread_ts")))
+    bot = make_bot()
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+    assert fake_slack.top_level(CHANNEL)[-1]["text"].startswith("SOP draft requested by")
+    assert [r["text"] for r in fake_slack.responses] == [
+        "I'm not in this channel yet. Invite me with `/invite @SOP Bot`, then run your "
+        "command again."]
+    assert fake_openai.requests_to("/chat/completions") == []
+    with bot.ctx.services.session() as session:
+        row = session.get(Generation, 1)
+    assert row is not None and row.status == "failed"
+    assert row.error == "Slack refused the reply that would show this draft (restricted_action)."
+
+
 def test_the_request_is_stored_and_claimed_in_one_write_before_anything_is_posted(
     make_bot, fake_slack,  # noqa: ANN001
 ) -> None:

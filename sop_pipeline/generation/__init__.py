@@ -17,6 +17,7 @@ from sop_pipeline.generation.store import (
     GenerationResult,
     ReplyAt,
     RequestReplayed,
+    fail_before_running,
     find_generation_by_message,
     start_generation,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RequestRejected",
     "RequestReplayed",
     "draft_notice",
+    "fail_before_running",
     "find_generation_by_message",
     "generate",
     "run_generation",

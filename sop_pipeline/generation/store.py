@@ -173,6 +173,13 @@ def finish(services: Services, generation_id: int, outcome: dict) -> GenerationR
     return result_from_row(services, row)
 
 
+def fail_before_running(services: Services, generation_id: int, error: str) -> None:
+    """A stored request that will not run (its chat message could not be posted): failed at
+    once with `error`, instead of pending until the recovery sweep finds it."""
+    finish(services, generation_id,
+           {"status": "failed", "error": error, "completed_at": services.clock()})
+
+
 def _store_outcome(session: Session, generation_id: int, outcome: dict) -> Generation:
     """Write a run's outcome onto its row (flushed; the caller commits)."""
     row = session.get(Generation, generation_id)

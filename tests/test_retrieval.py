@@ -289,21 +289,6 @@ def test_requests_without_words_fall_back_to_the_newest(services, request_text):
                             count_tokens=by_words)) == [pest, balance]
 
 
-def test_a_large_library_is_searched_by_its_rarest_words_within_a_row_budget():
-    """At 10,000 examples, words in half the library drop out, and the rest are taken rarest
-    first while the rows they match stay within the budget; the rarest word always stays."""
-    stats = search._Stats(total=10_000, avg_length=500.0, when=0.0)
-    df = {"cleaning": 8575, "tablet": 843, "compression": 809, "machine": 3519, "line": 3464,
-          "granulator": 0}
-    words = ["cleaning", "tablet", "compression", "machine", "line", "granulator"]
-    assert search.RANKED_ROWS_BUDGET == 2000
-    assert stats.informative(words, df) == ["tablet", "compression"]
-    assert stats.informative(["machine", "line"], df) == ["line"]
-    small = search._Stats(total=900, avg_length=500.0, when=0.0)  # every word, as before
-    assert small.informative(["machine", "line"], {"machine": 800, "line": 10}) == [
-        "machine", "line"]
-
-
 def test_a_word_being_counted_is_counted_once_for_drafts_asking_meanwhile():
     import threading
 

@@ -44,10 +44,6 @@ STATS_WAIT_SECONDS = 10.0  # at most this long for another draft's count of the 
 # From this size on, words in half the library or more are left out of the search: BM25 gives
 # them (next to) no weight, and matching them means ranking most of the library per draft.
 COMMON_WORDS_FROM = 1000
-# ...and the rest are taken rarest (most telling) first while the rows they match stay within
-# this many, so one draft's ranking costs the same in a library of 1,000 or 100,000: at 10,000
-# examples a request with two words in a third of the library ranked 5,000 rows (15 ms of CPU).
-RANKED_ROWS_BUDGET = 2000
 
 _SQLITE_SEARCH = text(
     "SELECT rowid, -bm25(example_search, 3.0, 2.0, 1.0) AS score FROM example_search "
@@ -193,21 +189,11 @@ class _Stats:
         return max(math.log((total - df + 0.5) / (df + 0.5)), 1e-6)
 
     def informative(self, words: list[str], df: dict[str, int]) -> list[str]:
-        """Words some example has; in a large library, only those in under half of it, and of
-        those the rarest while the rows they match stay within RANKED_ROWS_BUDGET (the
-        rarest always), in the request's order."""
+        """Words some example has; in a large library, only those in under half of it."""
         kept = [w for w in words if df.get(w)]
-        if self.total < COMMON_WORDS_FROM:
-            return kept
-        kept = [w for w in kept if self.total - df[w] + 0.5 > df[w] + 0.5]
-        chosen: set[str] = set()
-        rows = 0
-        for word in sorted(kept, key=lambda w: (df[w], w)):
-            if chosen and rows + df[word] > RANKED_ROWS_BUDGET:
-                break
-            chosen.add(word)
-            rows += df[word]
-        return [w for w in kept if w in chosen]
+        if self.total >= COMMON_WORDS_FROM:
+            kept = [w for w in kept if self.total - df[w] + 0.5 > df[w] + 0.5]
+        return kept
 
 
 _STATS: dict[str, _Stats] = {}

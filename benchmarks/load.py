@@ -13,11 +13,12 @@ servers living in this process; the fake provider holds every chat completion fo
                  same Slack and provider calls, on the same server (uvicorn).
 * textbook-socket: the same app over Socket Mode.
 
-Each measured burst follows a small unmeasured one (2 /sop + 2 approvals), so the figures are
-those of a bot that has been running; --cold measures the first burst after a start, which
-also pays one-time costs (SQLAlchemy compiling each query shape, regular expressions,
-connections opened). The fake provider runs in a process of its own
-(benchmarks/fake_provider.py), as a real provider is another machine.
+Each measured burst follows an unmeasured one of the same size (--warm-up to change it), so
+the figures are those of a bot that has been running and has met such a burst before: it
+keeps the database connections that burst opened. --cold measures the first burst after a
+start, which also pays one-time costs (SQLAlchemy compiling each query shape, regular
+expressions, one connection opened per concurrent draft). The fake provider runs in a process
+of its own (benchmarks/fake_provider.py), as a real provider is another machine.
 
 For each burst size (--sizes: that many concurrent /sop, plus --reactions approvals, each
 re-delivered once as Slack does) it prints ack p50/p95/p99; per draft, the time from sending
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import random
 import sys
@@ -63,7 +65,6 @@ APPROVER = "UAPPROVE1"
 AUTHOR = "UAUTHOR01"
 REQUEST = "Write an SOP for cleaning of the tablet compression machine, line {n}"
 WARM_REQUEST = "Write an SOP for cleaning of the coating pan, warm-up request {n}"
-WARM_UP = 2  # /sop commands and approvals in the unmeasured burst before the measured one
 CONFIRMATION = "Added as training example"  # the textbook app's thread reply
 CONFIRM_REACTION = "inbox_tray"  # the bot's quiet confirmation (bot.approvals)
 APPS = ("bot-socket", "bot-http", "textbook-http", "textbook-socket")
@@ -82,6 +83,7 @@ class Options:
     apps: list[str] = field(default_factory=lambda: ["bot-socket", "bot-http", "textbook-http"])
     library: int = 0
     cold: bool = False  # measure the first burst after start (no warm-up burst)
+    warm_up: int | None = None  # /sop in the unmeasured burst; None: as many as measured
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Figures:
     peak_rss_mb: float
     library: int = 0
     cold: bool = False
+    warm_up: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -312,12 +315,17 @@ def run_one(options: Options, app: str, size: int) -> Figures:
                 preload(database_url, options.library)
                 library = options.library
             idle = bot.rss_kib()["VmRSS"] / 1024
-            if not options.cold:
-                _warm_up(options, bot, fake_slack, fake_socket if socket_mode else None)
+            warm = 0 if options.cold else (size if options.warm_up is None else options.warm_up)
+            if warm:
+                _warm_up(options, warm, bot, fake_slack, fake_socket if socket_mode else None)
+            # This process plays Slack: its own collector must not pause the fake mid-burst.
+            gc.collect()
+            gc.freeze()
             figures = _fire(options, app, size, bot, fake_slack, fake_socket if socket_mode
                             else None, targets, database_url, idle)
-            figures.library = library
+            figures.library, figures.warm_up = library, warm
         finally:
+            gc.unfreeze()
             bot.stop()
             drop()
     return figures
@@ -456,22 +464,25 @@ def _send(options: Options, bot, fake_slack, fake_socket, built: list[dict],  # 
     return _send_all(bot, built, concurrency, Path(bot.workdir))
 
 
-def _warm_up(options: Options, bot, fake_slack, fake_socket) -> None:  # noqa: ANN001
-    """A small unmeasured burst first, so the figures are those of a running bot: a process's
-    first requests also pay one-time costs (SQLAlchemy compiling each query shape, regular
-    expressions, connections opened), and a bot that serves a team has long paid them.
-    `--cold` measures the first burst after a start instead."""
+def _warm_up(options: Options, commands: int, bot, fake_slack, fake_socket) -> None:  # noqa: ANN001
+    """An unmeasured burst first (`commands` /sop, as many approvals up to --reactions), so the
+    figures are those of a running bot: a process's first burst also pays one-time costs
+    (SQLAlchemy compiling each query shape, regular expressions, a database connection opened
+    per concurrent draft, which the pool then keeps), and a bot that serves a team has long
+    paid them. `--cold` measures the first burst after a start instead."""
     from tests.fakes.slack_fake import user_reacts
 
+    approvals = min(commands, options.reactions)
     targets = [fake_slack.user_posts(CHANNEL, AUTHOR, text)
-               for text in _sop_texts(WARM_UP + options.reactions)[-WARM_UP:]]
+               for text in _sop_texts(approvals + options.reactions)[-approvals:]] \
+        if approvals else []
     for ts in targets:
         user_reacts(fake_slack, CHANNEL, ts, APPROVER)
-    requests, built, _ = _build_requests(options, WARM_UP, bot, targets,
+    requests, built, _ = _build_requests(options, commands, bot, targets,
                                          fake_slack.response_url("w"), WARM_REQUEST)
     completions = Completions()
     fake_slack.before_call = completions
-    _send(options, bot, fake_slack, fake_socket, built, WARM_UP)
+    _send(options, bot, fake_slack, fake_socket, built, commands)
     done = completions.wait(len(requests), len(targets), timeout=options.timeout)
     fake_slack.before_call = None
     if not done:
@@ -539,8 +550,9 @@ def _print(row: list[Figures], options: Options, out: Callable[[str], None]) -> 
     """One table: a column per app, a line per figure."""
     first = row[0]
     library = f", {options.library} SOPs in the bot's library" if options.library else ""
-    burst = ("the first burst after start" if options.cold
-             else f"after a warm-up burst of {WARM_UP} /sop + {WARM_UP} approvals")
+    warm = first.warm_up
+    burst = (f"after a warm-up burst of {warm} /sop + {min(warm, options.reactions)} approvals"
+             if warm else "the first burst after start")
     out(f"\n{first.commands} concurrent /sop + {first.reactions} approvals (each re-delivered "
         f"once), provider latency {first.provider_latency_s:g} s, {first.database}{library}, "
         f"{burst}")
@@ -591,8 +603,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for every draft and approval to finish")
     parser.add_argument("--cold", action="store_true",
-                        help="measure the first burst after start (default: a small warm-up "
-                             "burst first, as a bot that has been running)")
+                        help="measure the first burst after start (default: an unmeasured "
+                             "burst of the same size first, as a bot that has been running)")
+    parser.add_argument("--warm-up", type=int, default=None, metavar="N",
+                        help="N /sop (and as many approvals, up to --reactions) in the "
+                             "unmeasured burst (default: the measured burst's size)")
     parser.add_argument("--quick", action="store_true",
                         help="a small run for tests: 4 commands, 3 reactions, 0.2 s latency")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
@@ -604,7 +619,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     options = Options(sizes=[int(n) for n in args.sizes.split(",")], reactions=args.reactions,
                       provider_latency=args.provider_latency, database=args.database,
                       database_url=args.database_url, timeout=args.timeout, apps=apps,
-                      library=args.library, cold=args.cold)
+                      library=args.library, cold=args.cold, warm_up=args.warm_up)
     if args.quick:
         options.sizes, options.reactions = [4], 3
         options.provider_latency, options.timeout = 0.2, 60.0

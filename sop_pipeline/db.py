@@ -75,6 +75,21 @@ def make_write_engine(engine: Engine) -> Engine:
     return writer
 
 
+def make_read_engine(engine: Engine) -> Engine:
+    """The engine read-only sessions use (`Services.read_session`, drafts' library reads).
+
+    SQLite: transactions begin DEFERRED, so a reader never queues for the write lock.
+    PostgreSQL: DBAPI autocommit. At READ COMMITTED each statement takes its own snapshot
+    inside a transaction too, so nothing a reader sees changes; what goes is the BEGIN and
+    the ROLLBACK, two of a read's four round trips with the pool's ping (every round trip
+    is a wait to take the interpreter's lock back while a burst keeps it busy)."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="DEFERRED")
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def _sqlite_recipe(engine: Engine) -> None:
     """SQLAlchemy's documented pysqlite recipe ("Serializable isolation / Savepoints /
     Transactional DDL"): the driver's own implicit BEGIN is switched off and SQLAlchemy begins

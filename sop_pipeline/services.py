@@ -74,11 +74,14 @@ class Services:
                        info={"engine": self.engine})
 
     def read_session(self) -> Session:
-        """A session that only reads. On SQLite it begins DEFERRED, so it never queues for
-        the one write lock that approvals and drafts take (BEGIN IMMEDIATE); it must not
-        write. On PostgreSQL it is an ordinary session."""
-        return Session(self.engine.execution_options(sqlite_begin="DEFERRED"),
-                       expire_on_commit=False)
+        """A session that only reads (`db.make_read_engine`): on SQLite it begins DEFERRED,
+        so it never queues for the one write lock that approvals and drafts take (BEGIN
+        IMMEDIATE); on PostgreSQL it runs in autocommit. It must not write."""
+        return Session(self.read_engine, expire_on_commit=False)
+
+    @cached_property
+    def read_engine(self) -> Engine:
+        return db.make_read_engine(self.engine)
 
     def draft_session(self) -> Session:
         """A session for a draft's library read, from the drafts' share of the connection
@@ -96,8 +99,7 @@ class Services:
                 "read the SOP library. Please ask again in a minute.")
         # a draft only reads: on SQLite it must not take the write lock (BEGIN IMMEDIATE)
         # that approvals need while it reads the library
-        reader = self.engine.execution_options(sqlite_begin="DEFERRED")
-        return _GatedSession(slots, reader, expire_on_commit=False)
+        return _GatedSession(slots, self.read_engine, expire_on_commit=False)
 
     @cached_property
     def template(self):  # noqa: ANN201  (Template; imported lazily to keep start-up light)

@@ -201,6 +201,29 @@ def test_only_a_sqlite_file_gets_a_writing_connection_of_its_own(pg_url: str) ->
     server.dispose()
 
 
+def test_postgresql_reads_open_no_transaction_and_writes_still_roll_back(pg_url: str) -> None:
+    """A read session runs in autocommit (no BEGIN, no ROLLBACK to wait for); the same pooled
+    connection, handed to a writing session next, is transactional again."""
+    from psycopg.pq import TransactionStatus
+
+    engine = db.make_engine(pg_url, pool_size=1)
+    db.upgrade(engine)
+    reader = db.make_read_engine(engine)
+    with Session(reader) as session:
+        assert audit.events(session, action="test") == []
+        dbapi = session.connection().connection.dbapi_connection
+        assert dbapi.info.transaction_status == TransactionStatus.IDLE  # nothing was begun
+    with Session(engine) as session:  # the pool's one connection, reset for writing
+        audit.record(session, actor="U1", action="test", subject="reads")
+        session.flush()
+        dbapi = session.connection().connection.dbapi_connection
+        assert dbapi.info.transaction_status == TransactionStatus.INTRANS
+        session.rollback()
+    with Session(reader) as session:
+        assert audit.events(session, action="test") == []  # the rolled-back row never landed
+    engine.dispose()
+
+
 def test_head_revision_is_alembics_head() -> None:
     assert db.HEAD_REVISION == HEAD
 

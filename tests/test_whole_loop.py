@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.notifier import SlackNotifier
@@ -22,6 +23,7 @@ ADMIN_CHANNEL = "CADMIN001"
 APPROVER = "UAPPROVE1"
 ADMIN = "UADMIN001"
 REQUEST = "Write an SOP for calibration of the dissolution apparatus"
+TRAINING_DAY = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
 
 
 def _shown(message: dict) -> str:
@@ -50,6 +52,9 @@ def test_ten_approvals_train_promote_and_draft_with_the_new_model(
             bot.ctx.client, ADMIN_CHANNEL, services=bot.ctx.services,
             on_chart_posted=functools.partial(record_chart_url, bot.ctx.services)))
         services = bot.ctx.services
+        # A day inside OpenAI's fine-tuning window and outside its countdown (sunset.toml),
+        # whatever the real date: the loop, not the sunset, is under test here.
+        services.clock = lambda: TRAINING_DAY
         no_sleep: list[float] = []
 
         # 1. Ten compliant SOPs posted by people, each approved with a ✅ by an approver.

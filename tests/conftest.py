@@ -134,6 +134,30 @@ def services(settings: Settings, notifier: RecordingNotifier) -> Iterator[Servic
     svc.engine.dispose()
 
 
+@pytest.fixture
+def training_window_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every provider still trains and serves every model, whatever today's date: for tests
+    that start fine-tuning jobs on the real clock (in-process CLI, Slack commands). The
+    sunset's own tests (tests/test_sunset.py) use the real table and fixed days."""
+    from datetime import timedelta
+
+    from sop_pipeline.models import utcnow
+    from sop_pipeline.training import sunset
+
+    real = sunset.load_table()
+    later = utcnow().date() + timedelta(days=400)
+
+    def open_table(path: Path = sunset.TABLE_PATH) -> dict:
+        table = {name: dict(section) for name, section in real.items()}
+        for section in table.values():
+            models = section.get("models") or {}
+            section["models"] = {key: {**row, "last_training_day": later, "retired_on": later}
+                                 for key, row in models.items()}
+        return table
+
+    monkeypatch.setattr(sunset, "load_table", open_table)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cli_consoles_follow_columns() -> Iterator[None]:
     """Rich fixes a console's width for good when COLUMNS is set as it is built. The CLI's

@@ -15,6 +15,9 @@ from sop_pipeline.models import Generation, TrainingRun
 from sop_pipeline.notifications import Notification
 from tests.fakes.slack_fake import BotFactory, FakeSlack, user_reacts
 
+# Jobs start on the real clock here: the provider must still train today.
+pytestmark = pytest.mark.usefixtures("training_window_open")
+
 SOPS = Path(__file__).parent / "data" / "sops"
 CHANNEL = "CSOP00001"
 ADMIN = "UADMIN001"

@@ -13,6 +13,9 @@ from sop_pipeline import audit
 from sop_pipeline.models import ModelVersion
 from tests.test_training_helpers import approve, make_services, training_settings
 
+# Jobs start on the real clock here: the provider must still train today.
+pytestmark = pytest.mark.usefixtures("training_window_open")
+
 
 @pytest.fixture
 def cli(database_url: str, tmp_path: Path, fake_openai, monkeypatch):  # noqa: ANN001, ANN201

@@ -171,7 +171,8 @@ def _drain(context, grace: float) -> int:  # noqa: ANN001 - BotContext
     if not finished:
         count = fail_drafts_in_progress(context)
         log.warning("SOP Bot stopped with work in progress; %d draft(s) marked failed", count)
-    context.executor.shutdown(wait=False, cancel_futures=True)
+    for pool in context.pools:
+        pool.shutdown(wait=False, cancel_futures=True)
     context.services.engine.dispose()
     log.info("SOP Bot stopped")
     if not finished:  # worker threads still streaming would hold the interpreter's exit

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 def register(app: App, ctx: BotContext) -> None:
     for action_id, listener in ((blocks.APPROVE_ACTION, on_approve),
-                                (blocks.REGENERATE_ACTION, on_regenerate),
                                 (blocks.DOCX_ACTION, on_docx)):
         app.action(action_id)(ctx.acknowledge_then(listener))
+    app.action(blocks.REGENERATE_ACTION)(ctx.acknowledge_then(on_regenerate, drafts=True))
     for action_id, work in ((blocks.MODEL_ROLLBACK_ACTION, on_model_rollback),
                             (blocks.MODEL_BASE_ACTION, on_model_activate_base)):
         app.action(action_id)(_admin_listener(ctx, work))

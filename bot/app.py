@@ -1,9 +1,12 @@
-"""Build the Bolt app: one Web API client, one bounded worker pool, one module per Slack surface.
+"""Build the Bolt app: one Web API client, two bounded worker pools, one module per Slack
+surface.
 
 Every listener is split in two, as Bolt's lazy listeners are: a quick `ack` function that
-answers Slack in the request's own thread, and the slow part (drafting, approving, training)
-that `ctx.defer` runs in ONE bounded pool (`BOT_WORKER_THREADS`), which Bolt also uses as its
-`listener_executor`. The pool is a `TrackedExecutor`, so `wait_idle()` tells tests and a
+answers Slack in the request's own thread, and the slow part that runs in a bounded pool:
+drafts in the drafting pool (`BOT_WORKER_THREADS`: each holds its thread while the provider
+answers), everything else (approving, buttons, admin commands) in the quick pool
+(`BOT_QUICK_THREADS`, also Bolt's `listener_executor`), so an approval never waits for a
+thread behind drafts. The pools are `TrackedExecutor`s, so `wait_idle()` tells tests and a
 graceful shutdown when work is done.
 """
 
@@ -79,7 +82,6 @@ def build_context(
     services: Services,
     *,
     client: WebClient | None = None,
-    executor: TrackedExecutor | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     scheduler: object | None = None,
 ) -> BotContext:
@@ -88,7 +90,8 @@ def build_context(
     return BotContext(
         services=services,
         client=client,
-        executor=executor or TrackedExecutor(settings.bot_worker_threads),
+        drafting=TrackedExecutor(settings.bot_worker_threads, name="sop-bot-draft"),
+        quick=TrackedExecutor(settings.bot_quick_threads, name="sop-bot"),
         approvers=People(client, settings.sop_approvers, monotonic=monotonic),
         admins=People(client, settings.sop_admins, monotonic=monotonic),
         monotonic=monotonic,
@@ -114,7 +117,7 @@ def build_app(
         signing_secret=services.settings.secret("slack_signing_secret") or "",
         process_before_response=True,  # ack functions answer in the request's thread
         token_verification_enabled=token_verification,
-        listener_executor=ctx.executor,
+        listener_executor=ctx.quick,
         logger=bot_logs.bolt_logger(),  # no bodies, texts, user ids or tokens in the log
     )
     for module in (commands, reactions, actions, home):

@@ -69,7 +69,7 @@ def on_sop(ack: Ack, command: dict, respond: Respond, *, ctx: BotContext) -> Non
         ack(text=problem, response_type="ephemeral")
         return
     ack()
-    ctx.defer(handle_sop, command, request, respond, ctx=ctx)
+    ctx.defer_draft(handle_sop, command, request, respond, ctx=ctx)
 
 
 def command_key(command: dict) -> str:

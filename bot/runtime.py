@@ -1,9 +1,11 @@
-"""What every Slack handler shares: services, the Web API client, the worker pool, who may do
-what, and "handle this event once".
+"""What every Slack handler shares: services, the Web API client, the worker pools, who may
+do what, and "handle this event once".
 
 Slack wants an HTTP answer within 3 seconds, so listeners acknowledge first and work in a
-bounded thread pool. The pool counts its pending work so tests (and a graceful shutdown) can
-wait until the bot is idle instead of sleeping.
+bounded thread pool: drafts in one (each holds its thread while the provider answers), and
+everything else (approvals, buttons, admin commands) in a smaller one of its own, so an
+approval never queues behind drafts. The pools count their pending work so tests (and a
+graceful shutdown) can wait until the bot is idle instead of sleeping.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from sop_pipeline.services import Services
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 64  # Settings.bot_worker_threads; work beyond it waits its turn in the queue
+DEFAULT_QUICK_WORKERS = 16  # Settings.bot_quick_threads
 
 
 class TrackedExecutor(Executor):
     """A bounded ThreadPoolExecutor that knows how much work is pending (for `wait_idle`)."""
 
-    def __init__(self, max_workers: int = DEFAULT_WORKERS) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sop-bot")
+    def __init__(self, max_workers: int = DEFAULT_WORKERS, *, name: str = "sop-bot") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
         self._idle = threading.Condition()
         self._pending = 0
         self.max_workers = max_workers
@@ -129,7 +132,8 @@ class BotContext:
 
     services: Services
     client: WebClient
-    executor: TrackedExecutor
+    drafting: TrackedExecutor  # drafts (BOT_WORKER_THREADS)
+    quick: TrackedExecutor  # everything else (BOT_QUICK_THREADS): never behind drafts
     approvers: People
     admins: People
     monotonic: Callable[[], float] = time.monotonic
@@ -155,28 +159,51 @@ class BotContext:
     def is_approver(self, user_id: str | None) -> bool:
         return self.approvers.contains(user_id)
 
+    @property
+    def pools(self) -> tuple[TrackedExecutor, TrackedExecutor]:
+        return self.quick, self.drafting
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        return self.executor.wait_idle(timeout)
+        """Both pools idle at once (work in one may have queued more in the other)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for pool in self.pools:
+                if not pool.wait_idle(max(0.0, deadline - time.monotonic())):
+                    return False
+            if all(pool.pending == 0 for pool in self.pools):
+                return True
 
     def defer(self, work: Callable[..., None], /, *args: object, **kwargs: object) -> None:
-        """Run `work` in the worker pool after the listener has acknowledged; a failure is
+        """Run `work` in the quick pool after the listener has acknowledged; a failure is
         logged with its traceback (nobody waits for the result)."""
+        self._submit(self.quick, work, args, kwargs)
 
+    def defer_draft(self, work: Callable[..., None], /, *args: object,
+                    **kwargs: object) -> None:
+        """`defer`, in the drafting pool: for work that drafts (and waits on the provider)."""
+        self._submit(self.drafting, work, args, kwargs)
+
+    @staticmethod
+    def _submit(pool: TrackedExecutor, work: Callable[..., None], args: tuple,
+                kwargs: dict) -> None:
         def run() -> None:
             try:
                 work(*args, **kwargs)
             except Exception:
                 log.exception("%s failed in the background", getattr(work, "__name__", work))
 
-        self.executor.submit(run)
+        pool.submit(run)
 
-    def acknowledge_then(self, work: Callable[..., None]) -> Callable[..., None]:
+    def acknowledge_then(self, work: Callable[..., None], *,
+                         drafts: bool = False) -> Callable[..., None]:
         """A Bolt listener for events and buttons, whose answer is always empty: acknowledge
-        in the request's own thread, then run `work(body, ctx=self)` in the worker pool."""
+        in the request's own thread, then run `work(body, ctx=self)` in the quick pool (the
+        drafting pool when `drafts`)."""
+        later = self.defer_draft if drafts else self.defer
 
         def listener(ack: Callable[..., None], body: dict) -> None:
             ack()
-            self.defer(work, body, ctx=self)
+            later(work, body, ctx=self)
 
         listener.__name__ = getattr(work, "__name__", "listener")
         return listener

@@ -130,6 +130,7 @@ class Settings(BaseSettings):
 
     # --- serving: worker pool, shutdown, probes, Socket Mode health ----------------------
     bot_worker_threads: int = Field(64, ge=1, le=1024)
+    bot_quick_threads: int = Field(16, ge=1, le=256)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
     probe_port: int | None = Field(None, ge=1, le=65535)
     socket_mode_ping_interval_seconds: float = Field(2.0, gt=0, le=60)
@@ -192,9 +193,10 @@ class Settings(BaseSettings):
 
     @property
     def database_pool_size(self) -> int:
-        """Connections per process: one per worker thread (a thread holds at most one at a
-        time), plus a few for the scheduler and start-up, so no request waits for another's."""
-        return self.db_pool_size or self.bot_worker_threads + 4
+        """Connections per process: one per worker thread of both pools (a thread holds at
+        most one at a time), plus a few for the scheduler and start-up, so no request waits
+        for another's."""
+        return self.db_pool_size or self.bot_worker_threads + self.bot_quick_threads + 4
 
     @field_validator(
         "sop_redact_patterns",

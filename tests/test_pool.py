@@ -23,11 +23,12 @@ def small_pool(database_url, tmp_path, fake_openai):  # noqa: ANN001, ANN201
 
 
 def test_pool_size_follows_the_worker_count(database_url, tmp_path):
-    settings = make_settings(database_url, tmp_path / "d", bot_worker_threads=10)
-    assert settings.database_pool_size == 14
+    settings = make_settings(database_url, tmp_path / "d", bot_worker_threads=10,
+                             bot_quick_threads=3)
+    assert settings.database_pool_size == 17  # a connection per thread of both pools, + 4
     services = build_services(settings)
     try:
-        assert services.engine.pool.size() == 14
+        assert services.engine.pool.size() == 17
         assert services.engine.pool._max_overflow == 0  # noqa: SLF001 - no surprise extras
     finally:
         services.engine.dispose()

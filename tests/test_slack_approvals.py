@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,38 @@ def test_an_approvers_check_mark_adds_the_sop_as_a_training_example(bot, fake_sl
                             "(1 of 10 new examples toward the next retrain).")
     assert {"name": "inbox_tray", "users": [fake_slack.bot_user_id], "count": 1} in \
         fake_slack.message(CHANNEL, ts)["reactions"]
+
+
+def test_an_approval_never_waits_for_a_thread_behind_drafts(factory, fake_slack) -> None:  # noqa: ANN001
+    """Every drafting thread busy (BOT_WORKER_THREADS=1, its draft held as it starts to
+    stream): a ✅ is still stored and confirmed, by a pool of its own."""
+    bot = factory.start(sop_approvers=[APPROVER], sop_watched_channels=[CHANNEL],
+                        bot_worker_threads=1)
+    drafting, confirmed = threading.Event(), threading.Event()
+
+    def hold_the_draft(method: str, params: dict) -> None:
+        if method == "chat.startStream":
+            drafting.set()
+            confirmed.wait(20)  # an approval queued behind this draft would never come
+        elif method == "reactions.add" and params.get("name") == "inbox_tray":
+            confirmed.set()
+
+    fake_slack.before_call = hold_the_draft
+    assert bot.slack.command("/sop", REQUEST, user=AUTHOR, channel=CHANNEL).status == 200
+    assert drafting.wait(10), "the draft never started"
+    ts = fake_slack.user_posts(CHANNEL, AUTHOR, (SOPS / "09_autoclave_operation.txt").read_text())
+    user_reacts(fake_slack, CHANNEL, ts, APPROVER)
+    assert bot.slack.reaction("reaction_added", user=APPROVER, channel=CHANNEL,
+                              ts=ts).status == 200
+    assert confirmed.wait(10), "the approval waited for the draft's thread"
+    bot.wait()
+    [example] = examples(bot)
+    assert example.slack_ts == ts
+    # what Slack received, in order: the confirmation, then the rest of the held draft
+    methods = [call.method for call in fake_slack.calls]
+    assert methods.index("reactions.add") < methods.index("chat.stopStream")
+    [note] = fake_slack.ephemerals_for(APPROVER)
+    assert note["text"].startswith(f"Added as training example #{example.id} ")
 
 
 def test_a_setting_adds_the_public_thread_reply(factory, fake_slack) -> None:  # noqa: ANN001

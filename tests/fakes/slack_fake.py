@@ -899,7 +899,8 @@ class running_bot:  # noqa: N801 - used like a function: `with running_bot(...) 
     def __exit__(self, *exc: object) -> None:
         self.harness.server.stop()
         self.harness.ctx.wait_idle(20)
-        self.harness.ctx.executor.shutdown(wait=True, cancel_futures=True)
+        for pool in self.harness.ctx.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class BotFactory:

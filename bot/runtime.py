@@ -27,7 +27,6 @@ from sop_pipeline.services import Services
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 64  # Settings.bot_worker_threads; work beyond it waits its turn in the queue
-DEFAULT_QUICK_WORKERS = 16  # Settings.bot_quick_threads
 
 
 class TrackedExecutor(Executor):

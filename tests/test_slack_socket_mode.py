@@ -57,6 +57,9 @@ def test_socket_mode_acks_commands_and_drafts_in_the_channel(
                 "SOP draft requested by" in call.params.get("text", "")
                 for call in fake_slack.calls_to("chat.postMessage")),
                 timeout=20, what="the parent message of the draft")
+            # ... and the draft streamed into its thread and finished, before the bot stops
+            wait_until(lambda: fake_slack.calls_to("chat.stopStream"), timeout=30,
+                       what="the finished draft")
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -112,7 +112,11 @@ def _serve(settings, socket_mode: bool) -> int:  # noqa: ANN001 - Settings
     if scheduler is not None:
         schedule_recovery(context, scheduler)
         scheduler.start()
-    stop.wait()
+    # A timed wait: a signal the kernel hands to another thread only sets a flag, which the
+    # main thread reads when it runs; blocked in an untimed wait it would never stop (a bot
+    # in this stop's CI ignored SIGTERM so, with the main thread here).
+    while not stop.wait(1.0):
+        pass
     log.info("SOP Bot stopping: no new requests; letting drafts in progress finish")
     if handler is not None:
         handler.close()

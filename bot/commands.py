@@ -26,6 +26,7 @@ from sop_pipeline.generation import (
     start_generation,
     validate_request,
 )
+from sop_pipeline.services import DatabaseBusy
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def handle_sop(command: dict, request: str, respond: Respond, *, ctx: BotContext
     except RequestReplayed:
         log.warning("ignoring a replayed /sop (its trigger_id was handled before)")
         return
-    except RequestRejected as exc:
+    except (RequestRejected, DatabaseBusy) as exc:
         _ephemeral(respond, str(exc))
         return
     except Exception:

@@ -48,7 +48,7 @@ class _GatedSession(Session):
 
 
 def approval_reserve(pool_size: int) -> int:
-    """Connections drafts leave to everything else (approvals, commands, the scheduler)."""
+    """Connections drafts leave to everything else however small DB_POOL_SIZE is set."""
     return max(2, pool_size // 4)
 
 
@@ -83,22 +83,34 @@ class Services:
     def read_engine(self) -> Engine:
         return db.make_read_engine(self.engine)
 
-    def draft_session(self) -> Session:
-        """A session for a draft's library read, from the drafts' share of the connection
-        pool: however many drafts run, `approval_reserve` connections stay free for
-        approvals. With no share free within DB_POOL_TIMEOUT_SECONDS, `DatabaseBusy`."""
+    @property
+    def draft_connections(self) -> int:
+        """How many drafts use the database at once: DB_DRAFT_CONNECTIONS, and never so many
+        that `approval_reserve` connections of the pool are not left to everything else."""
+        size = getattr(self.engine.pool, "size", lambda: 0)() or 5
+        return max(1, min(self.settings.db_draft_connections, size - approval_reserve(size)))
+
+    def draft_session(self, *, write: bool = False) -> Session:
+        """A session for a draft's own rows (`write=True`: storing, claiming and finishing
+        it) or its library read, holding one of the drafts' `draft_connections` turns until
+        it closes. Further drafts wait for a turn rather than all talking to the database at
+        once: every round trip of every draft also waits to take back the interpreter's lock,
+        so fifty drafts at once slowed each other, the Slack intake and approvals (which have
+        connections of their own). No turn free within DB_POOL_TIMEOUT_SECONDS:
+        `DatabaseBusy`."""
         with self._client_lock:
             if self._draft_slots is None:
-                size = getattr(self.engine.pool, "size", lambda: 0)() or 5
-                self._draft_slots = threading.BoundedSemaphore(
-                    max(1, size - approval_reserve(size)))
+                self._draft_slots = threading.BoundedSemaphore(self.draft_connections)
             slots = self._draft_slots
         if not slots.acquire(timeout=self.settings.db_pool_timeout_seconds):
             raise DatabaseBusy(
                 "The database is busy with other drafts right now, so this draft could not "
-                "read the SOP library. Please ask again in a minute.")
-        # a draft only reads: on SQLite it must not take the write lock (BEGIN IMMEDIATE)
-        # that approvals need while it reads the library
+                "be stored or read the SOP library. Please ask again in a minute.")
+        if write:
+            return _GatedSession(slots, self.write_engine or self.engine,
+                                 expire_on_commit=False, info={"engine": self.engine})
+        # a library read: on SQLite it must not take the write lock (BEGIN IMMEDIATE) that
+        # approvals need while it reads
         return _GatedSession(slots, self.read_engine, expire_on_commit=False)
 
     @cached_property

@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     sop_embeddings_base_url: str | None = None
     db_pool_size: int | None = Field(None, ge=1)
     db_pool_timeout_seconds: float = Field(10.0, gt=0)
+    # Drafts using the database at once; the rest wait their turn (a draft holds one for a
+    # transaction of milliseconds, never while the provider answers)
+    db_draft_connections: int = Field(8, ge=1, le=256)
 
     # --- fine-tuning backends: open weights and Azure deployments --------------------------
     local_max_seq_tokens: int = Field(4096, ge=128)
@@ -193,10 +196,10 @@ class Settings(BaseSettings):
 
     @property
     def database_pool_size(self) -> int:
-        """Connections per process: one per worker thread of both pools (a thread holds at
-        most one at a time), plus a few for the scheduler and start-up, so no request waits
-        for another's."""
-        return self.db_pool_size or self.bot_worker_threads + self.bot_quick_threads + 4
+        """Connections per process: the drafts' share (DB_DRAFT_CONNECTIONS), one per quick
+        thread (approvals, buttons, commands; a thread holds at most one at a time) and a few
+        for the scheduler and start-up, so an approval never waits for a draft's."""
+        return self.db_pool_size or (self.db_draft_connections + self.bot_quick_threads + 4)
 
     @field_validator(
         "sop_redact_patterns",

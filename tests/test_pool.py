@@ -1,70 +1,110 @@
-"""A pool that cannot starve approvals: sized from the worker count, drafts limited to their
-share, a draft with no connection fails with a sentence, an approval still goes through."""
+"""A pool that cannot starve approvals: drafts take turns at the database (DB_DRAFT_CONNECTIONS),
+the pool has connections of its own for everything else, a draft with no turn fails with a
+sentence, an approval still goes through."""
 
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack
 
 import pytest
+from sqlmodel import select
 
 from sop_pipeline.examples import approve_sop
+from sop_pipeline.generation import run_generation, start_generation
 from sop_pipeline.generation.generate import generate
-from sop_pipeline.services import DatabaseBusy, approval_reserve, build_services
+from sop_pipeline.models import Generation
+from sop_pipeline.services import DatabaseBusy, build_services
 from tests.conftest import DATA_DIR, make_settings
+
+BUSY = "The database is busy with other drafts right now"
 
 
 @pytest.fixture
 def small_pool(database_url, tmp_path, fake_openai):  # noqa: ANN001, ANN201
     settings = make_settings(database_url, tmp_path / "data", openai_base_url=fake_openai.base_url,
-                             bot_worker_threads=4, db_pool_timeout_seconds=0.01)
+                             db_draft_connections=3, bot_quick_threads=2,
+                             db_pool_timeout_seconds=0.01)
     services = build_services(settings)
     yield services
     services.engine.dispose()
 
 
-def test_pool_size_follows_the_worker_count(database_url, tmp_path):
-    settings = make_settings(database_url, tmp_path / "d", bot_worker_threads=10,
-                             bot_quick_threads=3)
-    assert settings.database_pool_size == 17  # a connection per thread of both pools, + 4
+def test_pool_size_follows_the_draft_turns_and_the_quick_threads(database_url, tmp_path):
+    settings = make_settings(database_url, tmp_path / "d", bot_worker_threads=64,
+                             bot_quick_threads=3, db_draft_connections=5)
+    assert settings.database_pool_size == 12  # drafts' turns + a connection per quick thread + 4
     services = build_services(settings)
     try:
-        assert services.engine.pool.size() == 17
+        assert services.engine.pool.size() == 12
         assert services.engine.pool._max_overflow == 0  # noqa: SLF001 - no surprise extras
+        assert services.draft_connections == 5
     finally:
         services.engine.dispose()
     assert make_settings(database_url, tmp_path / "d", db_pool_size=7).database_pool_size == 7
 
 
-def test_drafts_leave_connections_for_approvals(small_pool):
+def test_a_small_pool_still_leaves_connections_to_approvals(database_url, tmp_path):
+    settings = make_settings(database_url, tmp_path / "d", db_pool_size=4,
+                             db_draft_connections=8)
+    services = build_services(settings)
+    try:
+        assert services.draft_connections == 2  # 4 connections, 2 of them kept for the rest
+    finally:
+        services.engine.dispose()
+
+
+def test_drafts_take_turns_and_leave_connections_for_approvals(small_pool):
     services = small_pool
-    size = services.engine.pool.size()
-    share = size - approval_reserve(size)
     text = (DATA_DIR / "sops" / "06_balance_calibration.md").read_text()
     with ExitStack() as drafts:
-        for _ in range(share):  # every draft slot busy (e.g. drafts reading the library)
-            drafts.enter_context(services.draft_session()).connection()
-        with pytest.raises(DatabaseBusy, match="Please ask again"):
+        for _ in range(services.draft_connections):  # every turn taken, each on a connection
+            session = drafts.enter_context(services.draft_session())
+            session.exec(select(Generation)).all()
+        with pytest.raises(DatabaseBusy, match=BUSY):
             services.draft_session()
+        with pytest.raises(DatabaseBusy, match=BUSY):
+            services.draft_session(write=True)
         # an approval still gets a connection at once and is stored
         with services.session() as session:
             result = approve_sop(session, services.template, services.settings, text=text,
                                  approver="U1", slack_channel="C1", slack_ts="1.1")
             session.commit()
         assert result.status == "approved"
-    with services.draft_session() as session:  # slots come back when drafts close
+    with services.draft_session() as session:  # turns come back when drafts close
         assert session.connection() is not None
 
 
-def test_a_draft_without_a_connection_fails_with_a_sentence(small_pool, fake_openai):
+def test_a_draft_waits_for_its_turn(small_pool, fake_openai):
+    """More drafts than turns: each waits (within DB_POOL_TIMEOUT_SECONDS) and all complete."""
     services = small_pool
-    size = services.engine.pool.size()
+    services.settings.db_pool_timeout_seconds = 30.0
+    results: list[str] = []
+
+    def draft() -> None:
+        results.append(generate(services, "Write an SOP for cleaning of the tablet press",
+                                "U1").status)
+
+    threads = [threading.Thread(target=draft) for _ in range(services.draft_connections * 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == ["completed"] * len(threads)
+
+
+def test_a_draft_without_a_turn_fails_with_a_sentence(small_pool, fake_openai):
+    services = small_pool
+    row = start_generation(services, "Write an SOP for cleaning of the tablet press", "U1")
+    assert row.id is not None
     with ExitStack() as drafts:
-        for _ in range(size - approval_reserve(size)):
+        for _ in range(services.draft_connections):
             drafts.enter_context(services.draft_session())
-        result = generate(services, "Write an SOP for cleaning of the tablet press", "U1")
+        with pytest.raises(DatabaseBusy, match=BUSY):  # storing a new request
+            start_generation(services, "Write an SOP for cleaning of the tablet press", "U1")
+        result = run_generation(services, row.id)  # running a stored one
     assert result.status == "failed"
-    assert result.error.startswith("The database is busy with other drafts right now")
+    assert result.error is not None and result.error.startswith(BUSY)
     assert fake_openai.requests_to("/chat/completions", "POST") == []
-    # the next draft, with connections free again, goes through
-    assert generate(services, "Write an SOP for cleaning of the tablet press",
-                    "U1").status == "completed"
+    # with turns free again, the stored request runs
+    assert run_generation(services, row.id).status == "completed"

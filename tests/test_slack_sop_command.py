@@ -200,6 +200,27 @@ def test_a_refused_draft_reply_fails_the_stored_request_and_tells_the_user(  # n
     assert row.error == "Slack refused the reply that would show this draft (restricted_action)."
 
 
+def test_with_every_draft_turn_taken_the_user_is_told_to_ask_again(  # noqa: ANN201
+        make_bot, fake_slack, fake_openai):  # noqa: ANN001
+    """Drafts take turns at the database (DB_DRAFT_CONNECTIONS); a draft that gets no turn
+    within DB_POOL_TIMEOUT_SECONDS stores and posts nothing and says so in a sentence."""
+    bot = make_bot(db_draft_connections=2, db_pool_timeout_seconds=0.05)
+    services = bot.ctx.services
+    with services.draft_session(), services.draft_session():  # other drafts' turns
+        bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+        bot.wait()
+    assert [(r["response_type"], r["text"]) for r in fake_slack.responses] == [(
+        "ephemeral", "The database is busy with other drafts right now, so this draft could "
+                     "not be stored or read the SOP library. Please ask again in a minute.")]
+    assert fake_slack.calls_to("chat.postMessage") == []
+    assert fake_openai.requests_to("/chat/completions") == []
+    with services.session() as session:
+        assert list(session.exec(select(Generation))) == []
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)  # turns free: it drafts
+    bot.wait()
+    assert _draft_reply(fake_slack)[1][0]["blocks"]
+
+
 def test_the_request_is_stored_and_claimed_in_one_write_before_anything_is_posted(
     make_bot, fake_slack,  # noqa: ANN001
 ) -> None:

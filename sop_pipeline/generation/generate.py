@@ -50,7 +50,7 @@ from sop_pipeline.generation.stream import StreamBroken, stream_chat
 from sop_pipeline.models import ModelVersion
 from sop_pipeline.notifications import Notification
 from sop_pipeline.retry_policy import Deadline, RetryPolicy
-from sop_pipeline.services import Services
+from sop_pipeline.services import DatabaseBusy, Services
 from sop_pipeline.tokens import count_chat_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,11 @@ def run_generation(
     A completed generation is returned as stored (no second provider call); one that another
     worker is streaming right now is returned as is, status "streaming".
     """
-    row, won = store.claim(services, generation_id, reply)
+    try:
+        row, won = store.claim(services, generation_id, reply)
+    except DatabaseBusy as busy:  # not stored either: the recovery sweep fails the row later
+        return GenerationResult(generation_id=generation_id, status="failed", text="",
+                                sop=None, error=str(busy))
     if not won:
         return store.result_from_row(services, row)
     run = _Run(

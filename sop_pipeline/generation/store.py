@@ -88,7 +88,7 @@ def start_generation(
         slack_channel=slack_channel, slack_thread_ts=slack_thread_ts, slack_ts=slack_ts,
         created_at=services.clock(),
     )
-    with services.session() as session:
+    with services.draft_session(write=True) as session:
         if claim_key is not None and not claim_once(session, claim_key, row.created_at):
             raise RequestReplayed(claim_key)
         session.add(row)
@@ -128,7 +128,7 @@ def claim(
         and_(col(Generation.status) == "streaming", col(Generation.created_at) < stale_before),
     )
     shown_at = {"slack_thread_ts": reply.thread_ts, "slack_ts": reply.ts} if reply else {}
-    with services.session() as session:
+    with services.draft_session(write=True) as session:
         result = session.exec(
             update(Generation)
             .where(col(Generation.id) == generation_id, claimable)
@@ -167,7 +167,7 @@ def _findings_from_json(items: list) -> list:
 
 def finish(services: Services, generation_id: int, outcome: dict) -> GenerationResult:
     """Store a run's outcome (column values) and build the result from the row."""
-    with services.session() as session:
+    with services.draft_session(write=True) as session:
         row = _store_outcome(session, generation_id, outcome)
         session.commit()  # the row keeps its values (expire_on_commit=False): no re-read
     return result_from_row(services, row)

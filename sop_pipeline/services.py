@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -32,7 +33,7 @@ class DatabaseBusy(RuntimeError):
 
 
 class _GatedSession(Session):
-    """A session holding one of the drafts' connection slots until it closes."""
+    """A session holding one of the drafts' turns at the database until it closes."""
 
     def __init__(self, slots: threading.BoundedSemaphore, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -65,6 +66,7 @@ class Services:
     _client_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _draft_slots: threading.BoundedSemaphore | None = field(default=None, init=False,
                                                            repr=False)
+    _turn: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def session(self) -> Session:
         """A new session that may write; callers commit explicitly (or use
@@ -90,14 +92,38 @@ class Services:
         size = getattr(self.engine.pool, "size", lambda: 0)() or 5
         return max(1, min(self.settings.db_draft_connections, size - approval_reserve(size)))
 
+    @contextmanager
+    def draft_turn(self) -> Iterator[None]:
+        """One of the drafts' turns at the database for this thread until the block ends;
+        the draft sessions it opens meanwhile run on it (`draft_session`)."""
+        if getattr(self._turn, "held", False):
+            yield
+            return
+        slots = self._take_turn()
+        self._turn.held = True
+        try:
+            yield
+        finally:
+            self._turn.held = False
+            slots.release()
+
     def draft_session(self, *, write: bool = False) -> Session:
         """A session for a draft's own rows (`write=True`: storing, claiming and finishing
-        it) or its library read, holding one of the drafts' `draft_connections` turns until
-        it closes. Further drafts wait for a turn rather than all talking to the database at
-        once: every round trip of every draft also waits to take back the interpreter's lock,
-        so fifty drafts at once slowed each other, the Slack intake and approvals (which have
-        connections of their own). No turn free within DB_POOL_TIMEOUT_SECONDS:
-        `DatabaseBusy`."""
+        it) or its library read, on one of the drafts' `draft_connections` turns: the
+        thread's own inside `draft_turn`, else one taken until the session closes. Further
+        drafts wait for a turn rather than all talking to the database at once: every round
+        trip of every draft also waits to take back the interpreter's lock, so fifty drafts
+        at once slowed each other, the Slack intake and approvals (which have connections of
+        their own). No turn free within DB_POOL_TIMEOUT_SECONDS: `DatabaseBusy`."""
+        if write:
+            engine, info = self.write_engine or self.engine, {"engine": self.engine}
+        else:  # a library read: on SQLite it must not take the write lock (BEGIN IMMEDIATE)
+            engine, info = self.read_engine, {}  # that approvals need while it reads
+        if getattr(self._turn, "held", False):
+            return Session(engine, expire_on_commit=False, info=info)
+        return _GatedSession(self._take_turn(), engine, expire_on_commit=False, info=info)
+
+    def _take_turn(self) -> threading.BoundedSemaphore:
         with self._client_lock:
             if self._draft_slots is None:
                 self._draft_slots = threading.BoundedSemaphore(self.draft_connections)
@@ -106,12 +132,7 @@ class Services:
             raise DatabaseBusy(
                 "The database is busy with other drafts right now, so this draft could not "
                 "be stored or read the SOP library. Please ask again in a minute.")
-        if write:
-            return _GatedSession(slots, self.write_engine or self.engine,
-                                 expire_on_commit=False, info={"engine": self.engine})
-        # a library read: on SQLite it must not take the write lock (BEGIN IMMEDIATE) that
-        # approvals need while it reads
-        return _GatedSession(slots, self.read_engine, expire_on_commit=False)
+        return slots
 
     @cached_property
     def template(self):  # noqa: ANN201  (Template; imported lazily to keep start-up light)

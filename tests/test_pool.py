@@ -108,3 +108,22 @@ def test_a_draft_without_a_turn_fails_with_a_sentence(small_pool, fake_openai):
     assert fake_openai.requests_to("/chat/completions", "POST") == []
     # with turns free again, the stored request runs
     assert run_generation(services, row.id).status == "completed"
+
+
+def test_a_run_takes_one_turn_to_claim_and_read_the_library_and_one_to_finish(
+        small_pool, fake_openai):  # noqa: ANN001
+    services = small_pool
+    row = start_generation(services, "Write an SOP for cleaning of the tablet press", "U1")
+    assert row.id is not None
+    slots = services._take_turn()  # noqa: SLF001 - the drafts' turns, counted below
+    slots.release()
+    taken: list[int] = []
+    acquire = slots.acquire
+
+    def counting_acquire(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        taken.append(1)
+        return acquire(*args, **kwargs)
+
+    slots.acquire = counting_acquire  # type: ignore[method-assign]
+    assert run_generation(services, row.id).status == "completed"
+    assert len(taken) == 2

@@ -47,7 +47,7 @@ from sop_pipeline.generation.retrieval import (
 )
 from sop_pipeline.generation.store import GenerationResult, start_generation
 from sop_pipeline.generation.stream import StreamBroken, stream_chat
-from sop_pipeline.models import ModelVersion
+from sop_pipeline.models import Generation, ModelVersion
 from sop_pipeline.notifications import Notification
 from sop_pipeline.retry_policy import Deadline, RetryPolicy
 from sop_pipeline.services import DatabaseBusy, Services
@@ -192,41 +192,65 @@ def run_generation(
     worker is streaming right now is returned as is, status "streaming".
     """
     try:
-        row, won = store.claim(services, generation_id, reply)
+        with services.draft_turn():  # the claim and the library read share one turn
+            row, won = store.claim(services, generation_id, reply)
+            if won:
+                run = _Run(
+                    services=services,
+                    redactor=make_redactor(services.settings.sop_redact_patterns),
+                    deadline=Deadline(services.settings.sop_generation_timeout_seconds),
+                    on_delta=on_delta, on_reset=on_reset, cancel=cancel,
+                )
+                plan, error = _plan(run, row.request)
     except DatabaseBusy as busy:  # not stored either: the recovery sweep fails the row later
         return GenerationResult(generation_id=generation_id, status="failed", text="",
                                 sop=None, error=str(busy))
     if not won:
         return store.result_from_row(services, row)
-    run = _Run(
-        services=services, redactor=make_redactor(services.settings.sop_redact_patterns),
-        deadline=Deadline(services.settings.sop_generation_timeout_seconds),
-        on_delta=on_delta, on_reset=on_reset, cancel=cancel,
-    )
     draft: _Draft | None = None
-    error: str | None = None
-    try:
-        run.client = services.openai_client()
-        draft = _produce(run, row.request)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a stored sentence
-        error = error_sentence(exc, run.model, services.settings)
+    if plan is not None:
+        try:
+            run.client = services.openai_client()
+            draft = _produce(run, row.request, plan)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a stored sentence
+            error = error_sentence(exc, run.model, services.settings)
     latency = int(round((run.deadline.monotonic() - run.deadline.started) * 1000))
-    return _finish(services, generation_id, run, draft, error, latency)
+    return _finish(services, row, run, draft, error, latency)
 
 
-def _produce(run: _Run, request: str) -> _Draft:
+@dataclass
+class _Plan:
+    """What the database says a run should send: the active fine-tune, else the retrieval
+    messages."""
+
+    active_id: int | None
+    active_model_id: str | None
+    messages: list[dict[str, str]] | None
+
+
+def _plan(run: _Run, request: str) -> tuple[_Plan | None, str | None]:
+    """The run's plan, read in one database round for both questions; or the sentence why
+    it could not be read."""
+    try:
+        with run.services.draft_session() as session:
+            active = model_registry.active_model(session)
+            active_id, active_model_id = (active.id, active.model_id) if active else (None, None)
+            messages = None if active_model_id else _retrieval_messages(run, request, session)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a stored sentence
+        return None, error_sentence(exc, run.model, run.services.settings)
+    return _Plan(active_id, active_model_id, messages), None
+
+
+def _produce(run: _Run, request: str, plan: _Plan) -> _Draft:
     """Fine-tuned model when one is active, else (or when it is gone) retrieval."""
-    with run.services.draft_session() as session:  # one database round for both questions
-        active = model_registry.active_model(session)
-        active_id, active_model_id = (active.id, active.model_id) if active else (None, None)
-        messages = None if active_model_id else _retrieval_messages(run, request, session)
-    if active_model_id:
-        run.mode, run.model = MODE_FINE_TUNED, active_model_id
+    messages = plan.messages
+    if plan.active_model_id:
+        run.mode, run.model = MODE_FINE_TUNED, plan.active_model_id
         messages = prompts.fine_tuned_messages(run.services.settings.sop_system_prompt, request)
         try:
             return _converse(run, messages)
         except _ModelGone as gone:
-            _retire(run.services, active_id, active_model_id, gone.cause)
+            _retire(run.services, plan.active_id, plan.active_model_id, gone.cause)
         messages = None
     run.mode, run.model = MODE_RETRIEVAL, run.services.settings.sop_base_model
     return _converse(run, messages or _retrieval_messages(run, request))
@@ -409,7 +433,7 @@ def _stream_once(run: _Run, messages: list[dict[str, object]]) -> tuple[str, str
 
 
 def _finish(
-    services: Services, generation_id: int, run: _Run, draft: _Draft | None,
+    services: Services, row: Generation, run: _Run, draft: _Draft | None,
     error: str | None, latency_ms: int,
 ) -> GenerationResult:
     """Store the outcome and build the result; a failed run keeps no draft text."""
@@ -419,7 +443,8 @@ def _finish(
     text = (
         sop_format.render_training_text(draft.sop, services.template) if completed and draft else ""
     )
-    return store.finish(services, generation_id, {
+    assert row.id is not None  # a claimed row
+    return store.finish(services, row.id, {
         "status": "completed" if completed else "failed",
         "error": error,
         "model": run.model,
@@ -433,4 +458,4 @@ def _finish(
         "compliant": draft.compliant if completed and draft else None,
         "draft_text": text or None,
         "completed_at": services.clock(),
-    })
+    }, row)

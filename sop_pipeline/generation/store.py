@@ -165,10 +165,21 @@ def _findings_from_json(items: list) -> list:
     return out
 
 
-def finish(services: Services, generation_id: int, outcome: dict) -> GenerationResult:
-    """Store a run's outcome (column values) and build the result from the row."""
+def finish(services: Services, generation_id: int, outcome: dict,
+           row: Generation | None = None) -> GenerationResult:
+    """Store a run's outcome (column values) and build the result from the row. `row` is the
+    generation as its claim read it: the outcome is then written without reading it again."""
     with services.draft_session(write=True) as session:
-        row = _store_outcome(session, generation_id, outcome)
+        if row is None:
+            row = _store_outcome(session, generation_id, outcome)
+        else:
+            stored = session.exec(
+                update(Generation).where(col(Generation.id) == generation_id).values(**outcome)
+                .execution_options(synchronize_session=False))
+            if stored.rowcount != 1:
+                raise LookupError(f"There is no SOP generation with id {generation_id}.")
+            for name, value in outcome.items():
+                setattr(row, name, value)
         session.commit()  # the row keeps its values (expire_on_commit=False): no re-read
     return result_from_row(services, row)
 

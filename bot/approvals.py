@@ -33,7 +33,7 @@ from sop_pipeline.examples import (
     retract_example,
 )
 from sop_pipeline.generation import find_generation_by_message
-from sop_pipeline.models import ApprovalConfirmation
+from sop_pipeline.models import ApprovalConfirmation, Generation
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,9 @@ def fetch_message(ctx: BotContext, channel: str, ts: str) -> dict | None:
     return next((m for m in thread if m.get("ts") == ts), None)
 
 
-def candidate_for_generation(ctx: BotContext, channel: str, ts: str) -> Candidate | None:
-    """The bot's own draft when `ts` is its reply (or the request it answered)."""
-    with ctx.services.read_session() as session:
-        row = find_generation_by_message(session, channel, ts)
+def candidate_for_generation(row: Generation | None, channel: str, ts: str) -> Candidate | None:
+    """The bot's own draft when `ts` is its reply (or the request it answered): `row`, from
+    `find_generation_by_message`."""
     if row is None:
         return None
     if row.status != "completed" or not row.draft_text:
@@ -183,8 +182,11 @@ def read_sop_bytes(name: str, data: bytes) -> str:
             raise NotAnSop(str(exc)) from None
 
 
-def find_candidate(ctx: BotContext, channel: str, ts: str) -> Candidate:
-    return candidate_for_generation(ctx, channel, ts) or candidate_for_message(ctx, channel, ts)
+def find_candidate(ctx: BotContext, channel: str, ts: str,
+                   generation: Generation | None) -> Candidate:
+    """`generation`: the draft behind the message, looked up by the caller."""
+    return (candidate_for_generation(generation, channel, ts)
+            or candidate_for_message(ctx, channel, ts))
 
 
 # --- approving and telling people ------------------------------------------------------------
@@ -286,9 +288,13 @@ def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
     """The whole ✅ path for one message (after the approver/channel checks). `claim_key`
     makes a re-delivered event answer once; it commits with the example and the owed
     confirmation, so a redelivery after a crash posts a confirmation that never went out."""
-    if claim_key is not None:
-        with ctx.services.read_session() as session:
+    answered: bool | None = None
+    with ctx.services.read_session() as session:  # one read for both questions
+        if claim_key is not None:
             answered = confirmations.posted(session, claim_key)
+        generation = find_generation_by_message(session, channel, ts) \
+            if answered is None else None
+    if claim_key is not None:
         if answered:  # Slack's redelivery of an approval already confirmed
             return
         if answered is False:  # handled before, answer lost: answer now
@@ -299,7 +305,7 @@ def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
                 announce(ctx, owed_row)
             return
     try:
-        candidate = find_candidate(ctx, channel, ts)
+        candidate = find_candidate(ctx, channel, ts, generation)
     except NotAnSop as exc:
         if claim_key is None or ctx.claim(claim_key):
             ephemeral(ctx, channel, approver, str(exc))

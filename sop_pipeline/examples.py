@@ -234,12 +234,12 @@ def approve_sop(
         "created_at": utcnow(),
     }
     stmt = dialect_insert(session, TrainingExample).values(**values)
-    new_id = session.execute(
-        stmt.on_conflict_do_nothing().returning(TrainingExample.id)
-    ).scalar_one_or_none()
-    if new_id is not None:
-        example = get_example(session, new_id)
-        assert example is not None  # the row this INSERT just returned
+    # the new row comes back whole with the INSERT: no second round trip to read it
+    example = session.scalars(
+        stmt.on_conflict_do_nothing().returning(TrainingExample),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
+    if example is not None:
         audit.record(
             session, actor=approver or "system", action="approve",
             subject=f"example:{example.id}", new_value=ExampleStatus.APPROVED,

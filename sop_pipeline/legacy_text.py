@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -37,18 +37,21 @@ def renumbered_twin(
 
     Of several, the example of this Slack message comes first, then approved before
     retracted, then the oldest."""
-    if not prepared.wording or session.execute(
-        sa_select(col(TrainingExample.id)).where(col(TrainingExample.content_hash)
-                                                 == prepared.digest)
-    ).first() is not None:
+    if not prepared.wording:
         return None
-    # Only the columns that choose: an approval never reads other examples' texts.
+    # One query for both questions (is the verbatim text stored? which legacy rows share the
+    # wording?), and only the columns that choose: an approval never reads other texts.
     query = sa_select(
         col(TrainingExample.id), col(TrainingExample.title), col(TrainingExample.status),
         col(TrainingExample.slack_channel), col(TrainingExample.slack_ts),
-    ).where(col(TrainingExample.wording_hash) == prepared.wording,
-            col(TrainingExample.legacy_text).is_(True))
-    twins = [row for row in session.execute(query) if title_may_be_cut(row[1], prepared.title)]
+        col(TrainingExample.content_hash),
+    ).where(or_(col(TrainingExample.content_hash) == prepared.digest,
+                and_(col(TrainingExample.wording_hash) == prepared.wording,
+                     col(TrainingExample.legacy_text).is_(True))))
+    rows = list(session.execute(query))
+    if any(row[5] == prepared.digest for row in rows):
+        return None
+    twins = [row for row in rows if title_may_be_cut(row[1], prepared.title)]
     if not twins:
         return None
     example_id, *_ = min(twins, key=lambda row: (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, case, or_, update
 from sqlmodel import Session, col, select
 
 from sop_pipeline import sop_format
@@ -97,17 +97,13 @@ def start_generation(
 
 
 def find_generation_by_message(session: Session, channel: str, ts: str) -> Generation | None:
-    """The generation whose reply (or request thread) is message `ts` in `channel`."""
-    by_reply = select(Generation).where(
-        Generation.slack_channel == channel, Generation.slack_ts == ts
-    ).order_by(col(Generation.id).desc())
-    found = session.exec(by_reply).first()
-    if found is not None:
-        return found
-    by_thread = select(Generation).where(
-        Generation.slack_channel == channel, Generation.slack_thread_ts == ts
-    ).order_by(col(Generation.id).desc())
-    return session.exec(by_thread).first()
+    """The generation whose reply (or, failing that, request thread) is message `ts` in
+    `channel`, the newest of several: one query."""
+    query = select(Generation).where(
+        Generation.slack_channel == channel,
+        or_(col(Generation.slack_ts) == ts, col(Generation.slack_thread_ts) == ts),
+    ).order_by(case((col(Generation.slack_ts) == ts, 0), else_=1), col(Generation.id).desc())
+    return session.exec(query.limit(1)).first()
 
 
 def claim(

@@ -22,6 +22,7 @@ from bot.runtime import BotContext
 from sop_pipeline import sop_format
 from sop_pipeline.generation import RequestRejected, start_generation
 from sop_pipeline.models import Generation
+from sop_pipeline.services import DatabaseBusy
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _generation(ctx: BotContext, action: dict) -> Generation | None:
         generation_id = int(action.get("value") or "")
     except ValueError:
         return None
-    with ctx.services.session() as session:
+    with ctx.services.read_session() as session:  # a read: no write lock on SQLite
         return session.get(Generation, generation_id)
 
 
@@ -137,7 +138,7 @@ def on_regenerate(body: dict, *, ctx: BotContext) -> None:
         again = start_generation(ctx.services, row.request, user, slack_channel=row.slack_channel)
         draft_in_thread(ctx, channel=row.slack_channel, thread_ts=thread_ts, row=again,
                         requester=user)
-    except RequestRejected as exc:  # the limits changed since the first draft
+    except (RequestRejected, DatabaseBusy) as exc:  # limits changed; no draft turn free
         approvals.ephemeral(ctx, channel, user, str(exc), thread)
     except SlackApiError as exc:
         approvals.ephemeral(ctx, channel, user,

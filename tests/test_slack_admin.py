@@ -4,6 +4,7 @@ Regenerate and Download .docx buttons, and start-up configuration errors."""
 from __future__ import annotations
 
 import io
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,29 @@ def test_regenerate_drafts_again_in_the_same_thread(bot, fake_slack, fake_openai
     with bot.ctx.services.session() as session:
         rows = list(session.exec(select(Generation)))
     assert [r.request for r in rows] == [REQUEST, REQUEST]
+
+
+def test_regenerate_with_every_draft_turn_taken_says_to_ask_again(  # noqa: ANN201
+        bot, fake_slack, fake_openai):  # noqa: ANN001
+    bot.slack.command("/sop", REQUEST, user="UREQ00001", channel=CHANNEL)
+    bot.wait()
+    parent = fake_slack.top_level(CHANNEL)[-1]
+    first = fake_slack.replies(CHANNEL, parent["ts"])[0]
+    services = bot.ctx.services
+    services.settings.db_pool_timeout_seconds = 0.05
+    with ExitStack() as turns:  # other drafts hold every turn
+        for _ in range(services.draft_connections):
+            turns.enter_context(services.draft_session())
+        bot.slack.action(blocks.REGENERATE_ACTION, _generation_id(first), user="UREQ00001",
+                         channel=CHANNEL, message_ts=first["ts"], thread_ts=parent["ts"])
+        bot.wait()
+    [note] = fake_slack.calls_to("chat.postEphemeral")
+    assert note.params["user"] == "UREQ00001"
+    assert note.params["text"].startswith("The database is busy with other drafts right now")
+    assert len(fake_slack.replies(CHANNEL, parent["ts"])) == 1  # no second draft
+    assert len(fake_openai.requests_to("/chat/completions")) == 1
+    with services.session() as session:
+        assert len(list(session.exec(select(Generation)))) == 1
 
 
 def test_download_docx_uploads_the_draft_into_the_thread(bot, fake_slack) -> None:  # noqa: ANN001

@@ -33,6 +33,11 @@ from /proc).
     python benchmarks/load.py --sizes 50 --apps bot-http --database postgres
     python benchmarks/load.py --library 500                    # the bot with 500 SOPs stored
     python benchmarks/load.py --quick                          # a few requests (tests)
+    python benchmarks/load.py --database postgres --instances 2  # two bot processes
+
+--instances N runs N bot processes on the one database, as several instances are deployed:
+Slack (the fake Socket Mode server) delivers each envelope to one of their connections, and
+HTTP requests go to each process's port in turn, as a load balancer's round robin would.
 
 Goals (issue 14): ack p99 < 1 s at 200; every draft done within provider latency + 1 s at 50;
 nothing lost or duplicated; idle RSS < 150 MB. With --library 10000 (issue 15): drafts done
@@ -84,6 +89,7 @@ class Options:
     library: int = 0
     cold: bool = False  # measure the first burst after start (no warm-up burst)
     warm_up: int | None = None  # /sop in the unmeasured burst; None: as many as measured
+    instances: int = 1  # bot processes sharing the database and the burst
 
 
 @dataclass
@@ -117,6 +123,8 @@ class Figures:
     library: int = 0
     cold: bool = False
     warm_up: int = 0
+    instances: int = 1
+    total_peak_rss_mb: float = 0.0  # all instances together
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -164,6 +172,43 @@ class Completions:
             return self._changed.wait_for(
                 lambda: len(self.finished) >= drafts and len(self.confirmed) >= confirmations,
                 timeout=timeout)
+
+
+class Fleet:
+    """One or more bot processes on one database, seen by the benchmark as one bot: Socket
+    Mode shares envelopes among their connections, HTTP requests go to each port in turn (as a
+    load balancer would); RSS figures are the largest process's."""
+
+    def __init__(self, bots: list) -> None:  # noqa: ANN001 - tests.support.bot_process.BotProcess
+        self.bots = bots
+        first = bots[0]
+        self.url, self.port, self.workdir = first.url, first.port, first.workdir
+        self.env = first.env
+        self.ports = [b.port for b in bots]
+
+    @property
+    def command(self) -> list[str]:
+        return self.bots[0].command
+
+    @command.setter
+    def command(self, value: list[str]) -> None:
+        for b in self.bots:
+            b.command = value
+
+    def start(self, timeout: float) -> None:
+        for b in self.bots:
+            b.start(timeout=timeout)
+
+    def stop(self) -> None:
+        for b in self.bots:
+            b.stop()
+
+    def rss_kib(self) -> dict[str, int]:
+        figures = [b.rss_kib() for b in self.bots]
+        return {key: max(f[key] for f in figures) for key in ("VmRSS", "VmHWM")}
+
+    def total_kib(self, key: str) -> int:
+        return sum(b.rss_kib()[key] for b in self.bots)
 
 
 def _database(options: Options, workdir: Path) -> tuple[str, Callable[[], None]]:
@@ -278,24 +323,28 @@ def run_one(options: Options, app: str, size: int) -> Figures:
     with tempfile.TemporaryDirectory(prefix="sop-load-") as tmp, \
             FakeSlack(lifetime_seconds=options.timeout + 120) as fake_slack, \
             _fake_provider(options.provider_latency) as openai_url, \
-            FakeSocketMode() as fake_socket:
+            FakeSocketMode(spread=True) as fake_socket:
         workdir = Path(tmp)
         database_url, drop = _database(options, workdir)
         targets = [fake_slack.user_posts(CHANNEL, AUTHOR, text)
                    for text in _sop_texts(options.reactions)]
         for ts in targets:
             user_reacts(fake_slack, CHANNEL, ts, APPROVER)
-        port = free_port()
+        ports = [free_port() for _ in range(1 if textbook else options.instances)]
         extra: dict[str, str] = {"textbook_db": str(workdir / "textbook.db")}
         if socket_mode:
             fake_slack.socket_mode_url = fake_socket.url
-            extra.update(slack_app_token="xapp-1-load", probe_port=str(port))
-        env = bot_env(database_url=database_url, data_dir=workdir / "data",
-                      slack_url=fake_slack.base_url, bot_token=fake_slack.bot_token,
-                      openai_url=openai_url, port=port,
-                      sop_approvers=APPROVER, sop_watched_channels=CHANNEL,
-                      log_level="WARNING", **extra)
-        bot = BotProcess(env, workdir / "bot", name=app)
+            extra.update(slack_app_token="xapp-1-load")
+        bots = []
+        for n, port in enumerate(ports):
+            env = bot_env(database_url=database_url, data_dir=workdir / f"data{n}",
+                          slack_url=fake_slack.base_url, bot_token=fake_slack.bot_token,
+                          openai_url=openai_url, port=port,
+                          sop_approvers=APPROVER, sop_watched_channels=CHANNEL,
+                          log_level="WARNING", **extra,
+                          **({"probe_port": str(port)} if socket_mode else {}))
+            bots.append(BotProcess(env, workdir / "bot", name=f"{app}-{n}"))
+        bot = Fleet(bots)
         if textbook:
             bot.command = [sys.executable, str(Path(__file__).with_name("textbook_app.py"))]
         if not textbook:  # as deployed: the Procfile's release phase migrates first
@@ -306,7 +355,7 @@ def run_one(options: Options, app: str, size: int) -> Figures:
             engine.dispose()
         try:
             bot.start(timeout=90)
-            if socket_mode and not fake_socket.connected.wait(30):
+            if socket_mode and not fake_socket.wait_connections(len(ports), 30):
                 raise RuntimeError(f"{app} never opened a Socket Mode connection")
             library = 0
             if options.library and not textbook:
@@ -387,7 +436,7 @@ def _send_all(bot, built: list[dict], concurrency: int, workdir: Path) -> dict: 
     import subprocess
 
     source, target = workdir / "requests.json", workdir / "results.json"
-    source.write_text(json.dumps({"host": "127.0.0.1", "port": bot.port,
+    source.write_text(json.dumps({"host": "127.0.0.1", "ports": bot.ports,
                                   "path": "/slack/events", "concurrency": concurrency,
                                   "requests": built}), encoding="utf-8")
     subprocess.run([sys.executable, str(Path(__file__).with_name("load_client.py")),
@@ -507,6 +556,7 @@ def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  
     finished_at = max(completions.finished.values(), default=started)
     fake_slack.before_call = None
     peak = bot.rss_kib()["VmHWM"] / 1024
+    total_peak = bot.total_kib("VmHWM") / 1024
     problems: list[str] = sorted(set(errors))
     lost_d, dup_d = _check_drafts(fake_slack, requests, problems)
     if app.startswith("textbook"):
@@ -542,7 +592,8 @@ def _fire(options: Options, app: str, size: int, bot, fake_slack, fake_socket,  
         approval_p50_ms=p(approvals, 0.50, 1), approval_p99_ms=p(approvals, 0.99, 1),
         examples_stored=sum(examples.get(ts, 0) for ts in targets), lost=lost_d + lost_a,
         duplicated=dup_d + dup_a, idle_rss_mb=round(idle_mb, 1), peak_rss_mb=round(peak, 1),
-        cold=options.cold, problems=problems[:20],
+        cold=options.cold, problems=problems[:20], instances=len(bot.ports),
+        total_peak_rss_mb=round(total_peak, 1),
     )
 
 
@@ -550,6 +601,8 @@ def _print(row: list[Figures], options: Options, out: Callable[[str], None]) -> 
     """One table: a column per app, a line per figure."""
     first = row[0]
     library = f", {options.library} SOPs in the bot's library" if options.library else ""
+    if options.instances > 1:
+        library += f", {options.instances} bot processes (RSS: the largest)"
     warm = first.warm_up
     burst = (f"after a warm-up burst of {warm} /sop + {min(warm, options.reactions)} approvals"
              if warm else "the first burst after start")
@@ -580,6 +633,8 @@ def _print(row: list[Figures], options: Options, out: Callable[[str], None]) -> 
     line("lost / duplicated", [f"{f.lost} / {f.duplicated}" for f in row])
     line("RSS MB: idle after start-up", [f"{f.idle_rss_mb:g}" for f in row])
     line("RSS MB: peak", [f"{f.peak_rss_mb:g}" for f in row])
+    if any(f.instances > 1 for f in row):
+        line("RSS MB: peak, all processes", [f"{f.total_peak_rss_mb:g}" for f in row])
     for f in row:
         for problem in f.problems:
             out(f"  {f.app} problem: {problem}")
@@ -608,6 +663,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     parser.add_argument("--warm-up", type=int, default=None, metavar="N",
                         help="N /sop (and as many approvals, up to --reactions) in the "
                              "unmeasured burst (default: the measured burst's size)")
+    parser.add_argument("--instances", type=int, default=1, metavar="N",
+                        help="run N bot processes on the one database (the textbook app: 1)")
     parser.add_argument("--quick", action="store_true",
                         help="a small run for tests: 4 commands, 3 reactions, 0.2 s latency")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
@@ -619,7 +676,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     options = Options(sizes=[int(n) for n in args.sizes.split(",")], reactions=args.reactions,
                       provider_latency=args.provider_latency, database=args.database,
                       database_url=args.database_url, timeout=args.timeout, apps=apps,
-                      library=args.library, cold=args.cold, warm_up=args.warm_up)
+                      library=args.library, cold=args.cold, warm_up=args.warm_up,
+                      instances=args.instances)
     if args.quick:
         options.sizes, options.reactions = [4], 3
         options.provider_latency, options.timeout = 0.2, 60.0

@@ -9,7 +9,7 @@ timer runs from the connect call until the whole answer is read: what Slack's si
 
     python benchmarks/load_client.py REQUESTS.json RESULTS.json
 
-REQUESTS.json: {"host", "port", "path", "concurrency", "requests": [{"body", "headers"}]};
+REQUESTS.json: {"host", "ports", "path", "concurrency", "requests": [{"body", "headers"}]};
 RESULTS.json: {"started": time.monotonic() when the first request went out (the same clock in
 every process on Linux), "results": [{"status", "ms", "error", "at"}] in request order}, where
 "at" is the time.monotonic() at which that request's connect began.
@@ -51,26 +51,28 @@ async def _send(host: str, port: int, request: bytes, timeout: float) -> dict:
             "at": at}
 
 
-async def fire(host: str, port: int, requests: list[bytes], concurrency: int,
+async def fire(host: str, ports: list[int], requests: list[bytes], concurrency: int,
                timeout: float = 30.0) -> list[dict]:
-    """Send every request with at most `concurrency` in flight; results in request order."""
+    """Send every request with at most `concurrency` in flight, to each port in turn (a load
+    balancer's round robin); results in request order."""
     slots = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(request: bytes) -> dict:
+    async def one(n: int, request: bytes) -> dict:
         async with slots:
-            return await _send(host, port, request, timeout)
+            return await _send(host, ports[n % len(ports)], request, timeout)
 
-    return list(await asyncio.gather(*(one(r) for r in requests)))
+    return list(await asyncio.gather(*(one(n, r) for n, r in enumerate(requests))))
 
 
 def main(argv: list[str]) -> int:
     source, target = argv
     with open(source, encoding="utf-8") as handle:
         spec = json.load(handle)
-    host, port, path = spec["host"], int(spec["port"]), spec["path"]
-    requests = [raw_request(host, port, path, r["body"], r["headers"]) for r in spec["requests"]]
+    host, ports, path = spec["host"], [int(p) for p in spec["ports"]], spec["path"]
+    requests = [raw_request(host, ports[n % len(ports)], path, r["body"], r["headers"])
+                for n, r in enumerate(spec["requests"])]
     started = time.monotonic()
-    results = asyncio.run(fire(host, port, requests, int(spec["concurrency"])))
+    results = asyncio.run(fire(host, ports, requests, int(spec["concurrency"])))
     with open(target, "w", encoding="utf-8") as handle:
         json.dump({"started": started, "results": results}, handle)
     return 0

@@ -34,3 +34,22 @@ def test_quick_benchmark_loses_and_duplicates_nothing_and_prints_every_figure() 
                   "first draft text", "draft done", "approval confirmed",
                   "examples stored", "lost / duplicated", "idle after start-up", "peak"):
         assert label in text, (label, text)
+
+
+def test_two_bot_processes_share_the_burst_and_lose_nothing() -> None:
+    options, _ = load.parse_args(["--quick", "--instances", "2",
+                                  "--apps", "bot-socket,bot-http"])
+    if os.environ.get("SOP_TEST_DATABASE") == "postgres":
+        options.database = "postgres"
+    printed: list[str] = []
+
+    results = load.run(options, out=printed.append)
+
+    for figures in results:
+        assert figures.instances == 2
+        assert (figures.lost, figures.duplicated, figures.non_200_acks) == (0, 0, 0), (
+            figures.app, figures.problems)
+        assert figures.drafts_completed == figures.commands == 4
+        assert figures.examples_stored == figures.reactions == 3
+        assert figures.total_peak_rss_mb > figures.peak_rss_mb > 0
+    assert "2 bot processes" in "\n".join(printed)

@@ -22,9 +22,13 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class FakeSocketMode:
-    """Envelopes go to the newest connection; `url` is what apps.connections.open hands out."""
+    """Envelopes go to the newest connection, or with `spread` to each open connection in turn
+    (Slack delivers each envelope to one of an app's open connections, so several instances
+    share the work); `url` is what apps.connections.open hands out."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, spread: bool = False) -> None:
+        self.spread = spread
+        self._turn = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.5)
         self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/link/?ticket=fake"
@@ -33,6 +37,7 @@ class FakeSocketMode:
         self._changed = threading.Condition()
         self._silent: set[int] = set()  # id() of connections that were cut
         self._open: list[socket.socket] = []
+        self._handshaken: list[socket.socket] = []  # connections that completed the handshake
         self.received: queue.Queue[dict] = queue.Queue()
         self._conn: socket.socket | None = None
         self._send_lock = threading.Lock()
@@ -90,6 +95,7 @@ class FakeSocketMode:
             self._handshake(conn)
             with self._send_lock:
                 self._conn = conn
+                self._handshaken.append(conn)
             with self._changed:
                 self.connections += 1
                 self._changed.notify_all()
@@ -99,6 +105,9 @@ class FakeSocketMode:
         except OSError:
             pass
         finally:
+            with self._send_lock:
+                if conn in self._handshaken:
+                    self._handshaken.remove(conn)
             conn.close()
 
     def _handshake(self, conn: socket.socket) -> None:
@@ -129,9 +138,17 @@ class FakeSocketMode:
         else:
             header += bytes([127]) + struct.pack("!Q", size)
         with self._send_lock:
-            target = conn or self._conn
+            target = conn or self._next()
             if target is not None and id(target) not in self._silent:
                 target.sendall(header + payload)
+
+    def _next(self) -> socket.socket | None:
+        """The connection the next envelope goes to (called holding the send lock)."""
+        live = [c for c in self._handshaken if id(c) not in self._silent and c.fileno() >= 0]
+        if not self.spread or not live:
+            return self._conn
+        self._turn += 1
+        return live[self._turn % len(live)]
 
     def _read_exact(self, conn: socket.socket, size: int) -> bytes:
         data = b""

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from .model import SOP, Item, Section
 from .template import SectionSpec, Template, load_template
-from .text import Line, clean_inline, split_lines
+from .text import Line, clean_inline, reread, split_lines
 
 _TITLE = re.compile(r"^(?:sop\s+)?(?:title|name)\s*[:：\-–—|]\s*(?P<title>.*)$", re.I)
 _SECTION_NUMBER = re.compile(
@@ -279,7 +279,9 @@ class _Builder:
             return
         if isinstance(target, Item):  # joining can pair up "*", so clean the joined text
             text = clean_inline(" ".join([target.text, *parts]))
-            if target.marker:
+            if not target.marker:  # the training text starts the line with it
+                text = reread(text)
+            else:
                 # Read as the training text will be read again: "5.1 `| 0" + "0`" cleans to
                 # "| 0 0", and "5.1 | 0 0" is step 5.1 in a table cell, "0 0".
                 marker, number, rest, _depth = split_marker_as_written(f"{target.marker} {text}")

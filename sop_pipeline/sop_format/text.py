@@ -207,6 +207,13 @@ def _table_row(text: str) -> str:
     return " | ".join(cells)
 
 
+def reread(text: str) -> str:
+    """`text` as it reads on a line of its own: joining wrapped lines can pair up the "*" of
+    "*> a" and "b*", leaving "> a b", whose quote mark goes the next time it is read."""
+    line = _clean_line(text)
+    return line.text if line is not None else text
+
+
 def _clean_line(raw: str) -> Line | None:
     indent = len(raw) - len(raw.lstrip())
     unquoted = _QUOTE.sub("", raw.strip()).strip()  # "> | a | b |": a table in a quote

@@ -118,6 +118,9 @@ def sop_body_blocks(structure: dict) -> list[Block]:
             first += " " + escape(part["body"])
         lines = [first]
         for item in part.get("items", []):
+            if "line" in item:  # as the training text writes it: nested bullets indented
+                lines.append(escape(item["line"]))
+                continue
             prefix = f"{item['number']} " if item.get("number") else ""
             lines.append(escape(prefix + item["text"]))
         blocks.extend(sections("\n".join(lines)))

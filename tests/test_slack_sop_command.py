@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from bot import blocks
 from sop_pipeline.models import Generation
+from tests.fakes.openai_text import house_sop
 from tests.fakes.slack_fake import BotFactory, FakeSlack, ManualClock
 
 CHANNEL = "CSOP00001"
@@ -91,6 +92,29 @@ def test_the_draft_streams_into_the_thread_and_ends_as_the_house_format(  # noqa
     for line in row.draft_text.splitlines():
         assert line in shown, line
     fake_slack.assert_contract_ok()
+
+
+def test_nested_bullets_reach_slack_indented_as_the_training_text_writes_them(  # noqa: ANN201
+        make_bot, fake_slack, fake_openai):  # noqa: ANN001
+    lines = house_sop("tablet compression machine").splitlines()
+    step = next(n for n, line in enumerate(lines) if line.startswith("5.2 "))
+    lines[step + 1:step + 1] = ["   - Check the upper punches for residue.",
+                                "   - Check the lower punches for residue."]
+    fake_openai.chat_responses.append("\n".join(lines))
+    bot = make_bot()
+    bot.slack.command("/sop", REQUEST, user=USER, channel=CHANNEL)
+    bot.wait()
+
+    _, [draft] = _draft_reply(fake_slack)
+    procedure = next(b["text"]["text"] for b in draft["blocks"]
+                     if b["type"] == "section" and "*5.0 Procedure:*" in b["text"]["text"])
+    assert procedure.splitlines()[2:5] == [
+        "5.2 Remove the product contact parts.",
+        "   - Check the upper punches for residue.",
+        "   - Check the lower punches for residue."]
+    with bot.ctx.services.session() as session:
+        row = session.get(Generation, 1)
+    assert "\n   - Check the upper punches for residue.\n" in row.draft_text
 
 
 def test_where_slack_refuses_streaming_the_preview_edits_a_placeholder(  # noqa: ANN201

@@ -150,7 +150,7 @@ def test_a_sub_step_without_a_parent_step_is_kept_and_reported() -> None:
     items = [Item("5.1.1", "a", 2, "5.1.1")]
     sop = SOP(title="T", sections=[Section("5.0", "procedure", "Procedure", items=items)])
     assert render_structure(sop, TEMPLATE)["sections"][0]["items"] == [
-        {"number": "5.1.1", "text": "a", "level": 2}
+        {"number": "5.1.1", "text": "a", "level": 2, "line": "5.1.1 a"}
     ]
 
 
@@ -202,15 +202,17 @@ def test_structure_is_json_ready_and_keeps_the_numbers_as_written() -> None:
         "number": "5.1",
         "text": "Put 'OFF' the electric supply before the cleaning operation.",
         "level": 1,
+        "line": "5.1 Put 'OFF' the electric supply before the cleaning operation.",
     }
     abbreviation = structure["sections"][5]["items"][1]
-    assert abbreviation == {"number": None, "text": "IPA: Isopropyl Alcohol", "level": 1}
+    assert abbreviation == {"number": None, "text": "IPA: Isopropyl Alcohol", "level": 1,
+                            "line": "IPA: Isopropyl Alcohol"}
     bullets = render_structure(parse("Title: T\nSteps:\n• a\n  ◦ b\n1) c\n"), TEMPLATE)
     assert bullets["sections"][0]["number"] is None
     assert bullets["sections"][0]["items"] == [
-        {"number": "-", "text": "a", "level": 1},
-        {"number": "-", "text": "b", "level": 2},
-        {"number": "1)", "text": "c", "level": 1},
+        {"number": "-", "text": "a", "level": 1, "line": "- a"},
+        {"number": "-", "text": "b", "level": 2, "line": "   - b"},  # indented, as in training
+        {"number": "1)", "text": "c", "level": 1, "line": "1) c"},
     ]
 
 

@@ -87,7 +87,8 @@ def render_markdown(sop: SOP, template: Template | None = None) -> str:
 def render_structure(sop: SOP, template: Template | None = None) -> dict[str, Any]:
     """Plain dicts/lists/strings for the Slack layer (Block Kit), the .docx export and storage
     as JSON: each section's number and heading as written, each item's marker as written
-    ("5.1", "1.", "a)", "-" for any bullet; None for a plain line) and its level."""
+    ("5.1", "1.", "a)", "-" for any bullet; None for a plain line), its level, and its line
+    exactly as the training text writes it (a nested bullet indented)."""
     template = template or load_template(None)
     return {
         "title": sop.title or None,
@@ -98,7 +99,8 @@ def render_structure(sop: SOP, template: Template | None = None) -> dict[str, An
                 "heading": section.heading,
                 "body": section.body.strip(),
                 "items": [
-                    {"number": item.marker, "text": item.text, "level": item.level}
+                    {"number": item.marker, "text": item.text, "level": item.level,
+                     "line": _item_line(item)}
                     for item in section.items
                 ],
             }

@@ -287,7 +287,16 @@ def approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
                     claim_key: str | None = None) -> None:
     """The whole ✅ path for one message (after the approver/channel checks). `claim_key`
     makes a re-delivered event answer once; it commits with the example and the owed
-    confirmation, so a redelivery after a crash posts a confirmation that never went out."""
+    confirmation, so a redelivery after a crash posts a confirmation that never went out.
+    A redelivery arriving while this process still handles the first waits for it."""
+    if claim_key is None:
+        return _approve_message(ctx, channel=channel, ts=ts, approver=approver)
+    with ctx.in_hand.handle(claim_key):
+        _approve_message(ctx, channel=channel, ts=ts, approver=approver, claim_key=claim_key)
+
+
+def _approve_message(ctx: BotContext, *, channel: str, ts: str, approver: str,
+                     claim_key: str | None = None) -> None:
     answered: bool | None = None
     with ctx.services.read_session() as session:  # one read for both questions
         if claim_key is not None:

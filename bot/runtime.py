@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from slack_sdk import WebClient
@@ -79,6 +80,50 @@ class TrackedExecutor(Executor):
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
+class EventsInHand:
+    """Slack events this process is handling now, by claim key. Slack re-delivers an event
+    whose acknowledgement came late, often while the first delivery is still being handled:
+    the re-delivery waits for it (up to `wait_seconds`) and then answers as the database
+    says, instead of fetching, parsing and trying to claim the same message beside it."""
+
+    def __init__(self, wait_seconds: float = 30.0) -> None:
+        self.wait_seconds = wait_seconds
+        self._handling: dict[str, threading.Event] = {}
+        self._changed = threading.Condition()
+        self._waiting = 0
+
+    @contextmanager
+    def handle(self, key: str) -> Iterator[None]:
+        """Run the block once no other delivery of `key` is in hand here (or after waiting
+        `wait_seconds` for one, so a stuck delivery never blocks its re-delivery for good)."""
+        with self._changed:
+            first = self._handling.get(key)
+            if first is None:
+                mine = self._handling[key] = threading.Event()
+            else:
+                self._waiting += 1
+                self._changed.notify_all()
+        if first is not None:
+            try:
+                first.wait(self.wait_seconds)
+            finally:
+                with self._changed:
+                    self._waiting -= 1
+            yield
+            return
+        try:
+            yield
+        finally:
+            with self._changed:
+                del self._handling[key]
+            mine.set()
+
+    def wait_for_waiting(self, count: int, timeout: float = 10.0) -> bool:
+        """Until `count` re-deliveries wait for their first (for tests); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._waiting >= count, timeout=timeout)
+
+
 class People:
     """A set of Slack users given as user ids (U…/W…) and/or user-group ids (S…).
 
@@ -137,6 +182,7 @@ class BotContext:
     admins: People
     monotonic: Callable[[], float] = time.monotonic
     scheduler: object | None = None  # APScheduler, for "next scheduled check" in status
+    in_hand: EventsInHand = field(default_factory=EventsInHand)  # events being handled now
     extra: dict = field(default_factory=dict)
 
     @property

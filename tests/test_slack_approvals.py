@@ -173,6 +173,36 @@ def test_a_redelivered_event_adds_one_example_and_one_reply(bot, fake_slack) -> 
     assert len(fake_slack.ephemerals_for(APPROVER)) == 1
 
 
+def test_a_redelivery_while_the_first_is_handled_waits_for_it_and_reads_nothing(  # noqa: ANN201
+        bot, fake_slack):  # noqa: ANN001
+    """Slack re-delivers an event whose acknowledgement came late, often while the first
+    delivery is still at work: the second must not fetch and parse the message again."""
+    ts = fake_slack.user_posts(CHANNEL, AUTHOR, (SOPS / "09_autoclave_operation.txt").read_text())
+    user_reacts(fake_slack, CHANNEL, ts, APPROVER)
+    fetching, release = threading.Event(), threading.Event()
+
+    def hold_the_first_fetch(method: str, params: dict) -> None:
+        if method.startswith("conversations.") and not fetching.is_set():
+            fetching.set()
+            release.wait(10)
+
+    fake_slack.before_call = hold_the_first_fetch
+    assert bot.slack.reaction("reaction_added", user=APPROVER, channel=CHANNEL, ts=ts,
+                              event_id="Ev0BUSY").status == 200
+    assert fetching.wait(10)
+    assert bot.slack.reaction("reaction_added", user=APPROVER, channel=CHANNEL, ts=ts,
+                              event_id="Ev0BUSY", retry_num=1).status == 200
+    assert bot.ctx.in_hand.wait_for_waiting(1)
+    release.set()
+    bot.wait()
+
+    reads = [c for c in fake_slack.calls if c.method.startswith("conversations.")]
+    assert len(reads) == 1
+    assert len(examples(bot)) == 1
+    assert len(confirmations_for(fake_slack)) == 1
+    assert len(fake_slack.ephemerals_for(APPROVER)) == 1
+
+
 def test_the_same_message_approved_twice_gives_one_example_and_one_reply(factory, fake_slack) -> None:  # noqa: ANN001, E501
     bot = factory.start(sop_approvers=[APPROVER, "UAPPROVE2"])
     ts = fake_slack.user_posts(CHANNEL, AUTHOR, (SOPS / "09_autoclave_operation.txt").read_text())

@@ -669,6 +669,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
                         help="a small run for tests: 4 commands, 3 reactions, 0.2 s latency")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args(argv)
+    if args.instances < 1:
+        parser.error(f"--instances must be 1 or more (got {args.instances})")
     apps = [a.strip() for a in args.apps.split(",") if a.strip()]
     unknown = [a for a in apps if a not in APPS]
     if unknown:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from benchmarks import load
 
 
@@ -53,3 +55,9 @@ def test_two_bot_processes_share_the_burst_and_lose_nothing() -> None:
         assert figures.examples_stored == figures.reactions == 3
         assert figures.total_peak_rss_mb > figures.peak_rss_mb > 0
     assert "2 bot processes" in "\n".join(printed)
+
+
+def test_fewer_than_one_bot_process_is_refused_with_a_sentence(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit):
+        load.parse_args(["--instances", "0"])
+    assert "--instances must be 1 or more (got 0)" in capsys.readouterr().err

@@ -393,12 +393,10 @@ def test_training_text_is_stable_for_generated_sops(text: str) -> None:
     assert_faithful(once, training_text(once, TEMPLATE))
 
 
-# Words with backslashes (escapes, paths, doubled ones) and HTML line breaks. No "#": a
-# "# x" line is a Markdown heading, and "## Procedure" under "# x" reads as a sub-heading the
-# training text cannot mark. No "|": "1. |:a" is step 1 in a table cell, written "1. :a",
-# which reads as the heading "1. a". Both open problems of their own, not of escapes.
+# Words with backslashes (escapes, paths, doubled ones), Markdown heading marks, table pipes
+# and HTML line breaks.
 ESCAPED_PHRASE = st.lists(
-    st.text(alphabet="ab1.\\*_`<>:-", min_size=1, max_size=6)
+    st.text(alphabet="ab1.\\*_`<>:-#|", min_size=1, max_size=6)
     | st.sampled_from([r"C:\QA\SOP", r"5\.1", r"\\", r"\*\*x\*\*", r"\- a"])
     | st.sampled_from(["a<br>b", "a <br/> b", "a<BR />b", "a&lt;br&gt;b"]),
     min_size=1,
@@ -417,6 +415,16 @@ ESCAPED_PHRASE = st.lists(
     "*> a<br>b 1*")
 @example(  # after a marker the ">" is not a quote: "2. a : a b" would read as a heading
     "1.0 Objective:\n1.1 1\n2. >a : a<br>b\n2.0 Scope:\n3.0 Responsibility:\n"
+    "4.0 Accountability:\n5.0 Procedure:")
+@example(  # "## Procedure" under "# a" was a line of "a", written "Procedure:": read again,
+    # the house's section (found once "#" and "|" joined the alphabet, as were the two below)
+    "1.0 Objective:\n# a\n1.2 1\n## 2.0 Scope:\n3.0 Responsibility:\n4.0 Accountability:\n"
+    "5.0 Procedure:")
+@example(  # "2. |:a:" was step 2 in a table cell, written "2. :a:": read again, a heading
+    "1.0 Objective:\n1.1 1\n2. |:a:\n2.0 Scope:\n3.0 Responsibility:\n4.0 Accountability:\n"
+    "5.0 Procedure:")
+@example(  # the heading "2. : - a" was labelled "2. :", written "2. : a:": read again, "2. a"
+    "1.0 Objective:\n1.1 1\n2. : \\- a :\n2.0 Scope:\n3.0 Responsibility:\n"
     "4.0 Accountability:\n5.0 Procedure:")
 def test_training_text_with_escapes_and_html_breaks_is_stable(text: str) -> None:
     once = training_text(text, TEMPLATE)

@@ -193,6 +193,25 @@ def test_after_a_title_line_a_top_level_markdown_heading_is_a_section(title: str
     assert parse("# CAPA SOP\n## Purpose\nTo track CAPAs.\n").title == "CAPA SOP"
 
 
+@pytest.mark.parametrize(
+    "heading", ["## Procedure:", "## Procedure", "### Procedure", "## 5.0 Procedure"])
+def test_a_house_section_under_an_extra_section_is_that_house_section(heading: str) -> None:
+    """ "# Cleaning steps" (not in the house format) then "## Procedure": the procedure is the
+    house's own section, not a line of the extra one. As a line, the training text wrote it
+    "Procedure:", which read again was the section: the approved text did not read back."""
+    text = f"Title: T\n4.0 Accountability: QA\n# Cleaning steps\n{heading}\n5.1 Wipe.\n5.2 Dry.\n"
+    sop = parse(text)
+    assert [(s.key, s.heading) for s in sop.sections] == [
+        ("accountability", "Accountability"), (None, "Cleaning steps"), ("procedure", "Procedure"),
+    ]
+    assert steps(sop) == ["Wipe.", "Dry."]
+    training = training_text(text)
+    assert training_text(training) == training
+    # A house section already seen stays a sub-heading of the extra section, as written.
+    seen = "Title: T\n5.0 Procedure:\n5.1 Wipe.\n# Notes\n## Procedure\nAsk QA.\n"
+    assert [s.key for s in parse(seen).sections] == ["procedure", None]
+
+
 def test_a_subheading_is_never_continued_by_the_line_under_it() -> None:
     """ "### Retention Periods" straight above its text (no blank line) stays a line of its
     own; joined, the heading's words had become part of the first sentence."""
@@ -394,6 +413,24 @@ def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
     assert training_text(training_text(inline)) == training_text(inline)
 
 
+def test_an_empty_table_cell_keeps_every_other_cell_in_its_column() -> None:
+    """ "| Operator | | QA |" read as "Operator | QA" moved QA under the wrong column heading;
+    the empty cell stays, and a row that starts with one keeps its outer pipes."""
+    text = (
+        "Title: T\n3.0 Responsibility:\n| Role | Checks | Approves |\n|---|---|---|\n"
+        "| Operator | | QA |\n| | Supervisor | |\n|| Head QA |\n| Auditor | Lead | |\n"
+    )
+    assert [i.text for i in parse(text).section("responsibility").items] == [  # type: ignore[union-attr]
+        "Role | Checks | Approves",
+        "Operator | | QA",
+        "| | Supervisor |",
+        "| | Head QA |",
+        "Auditor | Lead",  # an empty last cell moves nothing
+    ]
+    training = training_text(text)
+    assert training_text(training) == training
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -407,6 +444,9 @@ def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
         "Title: T\n5.0 Procedure:\n` `|1\n",  # cleaned to "|1", a table row
         "Title: T\n1.0 Objective:\n1.1 0\n2. * a|\n",  # "2. -" would read as a heading
         "Title: T\n3.0 Responsibility:\n3.1 a\n3.2 b\n4. a\\ :\n",  # "a\\:" is an escape
+        "Title: T\n1.0 Objective:\n1.1 1\n2. |:a:\n2.0 Scope:\n",  # "2. :a:" is the heading "a"
+        "Title: T\n1.0 Objective:\n1.1 1\n2. : \\- a :\n2.0 Scope:\n",  # labelled "2.", not "2. :"
+        "Title: T\n1.0 Objective:\n# a\n1.2 1\n## 2.0 Scope:\n",  # the house's Scope, not a line
     ],
 )
 def test_lines_that_would_read_differently_when_read_again_are_kept_apart(text: str) -> None:

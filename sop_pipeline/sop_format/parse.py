@@ -17,7 +17,7 @@ from .text import Line, clean_inline, reread, split_lines
 _TITLE = re.compile(r"^(?:sop\s+)?(?:title|name)\s*[:：\-–—|]\s*(?P<title>.*)$", re.I)
 _SECTION_NUMBER = re.compile(
     r"^(?:(?P<word>section)\s*)?(?P<num>\d{1,2})(?!\d)(?P<zero>\.0)?"
-    r"(?:[.)](?!\d)|(?=[\s:：\-–—|]|$))\s*(?:[:：\-–—|]\s*)?",
+    r"(?:[.)](?!\d)|(?=[\s:：\-–—|]|$))\s*(?:[:：\-–—|]\s*){0,2}",
     re.I,
 )
 # After a known heading name: more words joined by "/", "&" or "and" ("RESPONSIBILITIES /
@@ -34,6 +34,7 @@ _NAME_WORD = re.compile(r"^(?P<word>[A-Z][a-z]+)(?:\s*(?P<sep>[:：])\s*(?P<body
 _WRAPPED_TITLE = 30
 
 _DOTTED = re.compile(r"^(?P<num>\d{1,2}(?:\.\d{1,3})+)(?:[.)](?!\d))?(?:\s*[:\-–—])?\s+")
+_LABEL_TAIL = re.compile(r"[\s:：\-–—|]+$")  # "2. : -" is labelled "2."
 _CELL_EDGE = re.compile(r"^\|\s*")  # "5.1 | Switch off": a table row, step number in a cell
 _STEP = re.compile(r"^step\s*(?P<num>\d{1,3})\s*[:.)\-–—]?\s+", re.I)
 _PLAIN = re.compile(r"^\(?(?P<num>\d{1,3})[.)]\s+")
@@ -149,6 +150,7 @@ class _Builder:
             last_major=self.last_major,
             has_section=current is not None,
             in_items=current is not None and (spec is None or spec.kind == "items"),
+            in_extra=current is not None and spec is None,
             section_hashes=self.section_hashes,
             title_hashes=self.title_hashes,
             title_line=self.title_line,
@@ -316,6 +318,7 @@ class _Context:
     title_line: bool = False  # the title came from a "Title: ..." line
     next_plain: int | None = None  # the number a plain "1.", "2." list would take next
     dotted_items: bool = False  # the current section numbers its items "5.1", "5.2"
+    in_extra: bool = False  # the current section is not in the template
 
 
 _DEFINITION = re.compile(
@@ -411,14 +414,16 @@ def _match_heading(line: Line, template: Template, context: _Context) -> _Headin
     """Recognise a section heading: a known name (with or without a number), or a numbered
     or Markdown heading that is not in the template (kept as its own section, never merged
     into the one before)."""
-    if _is_subheading(line, context) or line.code or line.table_header:
+    if line.code or line.table_header:
         return None  # nor is `ASSOCIATED PROCESS` or a table's "| Abbreviation | ... |" row
+    if _is_subheading(line, context) and not _house_section_under_extra(line, template, context):
+        return None
     number_match = _SECTION_NUMBER.match(line.text)
     number = label = None
     rest = line.text
     if number_match:
         number = number_match.group("num") + (number_match.group("zero") or "")
-        label = line.text[: number_match.end()].strip().rstrip(":：-–—|").strip()
+        label = _LABEL_TAIL.sub("", line.text[: number_match.end()])
         rest = line.text[number_match.end() :]
     # "1.0 OBJECTIVE To ..." or "## Scope This ...": a body after a plain space only where the
     # line is plainly a heading; "1. Methods, measurements ..." is a list item.
@@ -489,6 +494,18 @@ def _weak_number(number_match: re.Match[str] | None, context: _Context) -> bool:
 def _is_subheading(line: Line, context: _Context) -> bool:
     """A "###" line under a "##" section is part of that section."""
     return bool(line.hashes and context.section_hashes and line.hashes > context.section_hashes)
+
+
+def _house_section_under_extra(line: Line, template: Template, context: _Context) -> bool:
+    """A "## Procedure" nested under a "# Cleaning steps" the template does not know opens the
+    house section, not yet seen, instead of being a line of the extra section (written as a
+    plain "Procedure:" it would read back as that section)."""
+    if not context.in_extra:
+        return False
+    number_match = _SECTION_NUMBER.match(line.text)
+    known = _match_known(line.text[number_match.end() :] if number_match else line.text,
+                         template, True)
+    return known is not None and known[0].key not in context.seen
 
 
 def _match_unknown_numbered(

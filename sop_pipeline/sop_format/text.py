@@ -196,15 +196,26 @@ def _whole_bold(text: str) -> bool:
 
 
 _TABLE_SEPARATOR = re.compile(r"\s*\|\s*")
+_EMPTY_CELL = re.compile(r"\|\s+(?=\|)")
 
 
 def _table_row(text: str) -> str:
     """A Markdown table row "| IPA | Isopropyl Alcohol |" becomes "IPA | Isopropyl Alcohol":
-    the outer pipes are markup, the inner ones still separate the cells."""
+    the outer pipes are markup, the inner ones still separate the cells. An empty cell stays
+    in its place ("| A | | C |" is "A | | C", never "A | C", which would move C a column);
+    a row that starts with one keeps its outer pipes, so that it still reads as a row."""
     if not text.startswith("|"):
         return text
-    cells = [cell for cell in _TABLE_SEPARATOR.split(text.strip("|")) if cell]
-    return " | ".join(cells)
+    body = text[1:-1] if text.endswith("|") and len(text) > 1 else text[1:]
+    cells = [cell.strip() for cell in _TABLE_SEPARATOR.split(body)]
+    while cells and not cells[-1]:
+        cells.pop()  # an empty last cell moves no other cell
+    if not cells:
+        return ""
+    row = " | ".join(cells)
+    if not cells[0]:
+        row = f"|{row} |"
+    return _EMPTY_CELL.sub("| ", row)
 
 
 def reread(text: str) -> str:

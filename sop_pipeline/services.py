@@ -107,15 +107,18 @@ class Services:
             self._turn.held = False
             slots.release()
 
-    def draft_session(self, *, write: bool = False) -> Session:
+    def draft_session(self, *, write: bool = False, one_statement: bool = False) -> Session:
         """A session for a draft's own rows (`write=True`: storing, claiming and finishing
         it) or its library read, on one of the drafts' `draft_connections` turns: the
         thread's own inside `draft_turn`, else one taken until the session closes. Further
         drafts wait for a turn rather than all talking to the database at once: every round
         trip of every draft also waits to take back the interpreter's lock, so fifty drafts
         at once slowed each other, the Slack intake and approvals (which have connections of
-        their own). No turn free within DB_POOL_TIMEOUT_SECONDS: `DatabaseBusy`."""
-        if write:
+        their own). No turn free within DB_POOL_TIMEOUT_SECONDS: `DatabaseBusy`.
+
+        `one_statement=True`: a write that is one statement (a claim, an outcome). On
+        PostgreSQL it runs in autocommit like a read: no BEGIN and no COMMIT to wait for."""
+        if write and not (one_statement and self.engine.dialect.name == "postgresql"):
             engine, info = self.write_engine or self.engine, {"engine": self.engine}
         else:  # a library read: on SQLite it must not take the write lock (BEGIN IMMEDIATE)
             engine, info = self.read_engine, {}  # that approvals need while it reads

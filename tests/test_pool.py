@@ -8,6 +8,8 @@ import threading
 from contextlib import ExitStack
 
 import pytest
+from psycopg.pq import TransactionStatus
+from sqlalchemy import event
 from sqlmodel import select
 
 from sop_pipeline.examples import approve_sop
@@ -127,3 +129,30 @@ def test_a_run_takes_one_turn_to_claim_and_read_the_library_and_one_to_finish(
     slots.acquire = counting_acquire  # type: ignore[method-assign]
     assert run_generation(services, row.id).status == "completed"
     assert len(taken) == 2
+
+
+def test_a_claim_and_an_outcome_are_one_statement_each(small_pool, fake_openai):  # noqa: ANN001
+    """A run touches its row twice: the claim (one UPDATE that returns the row) and the
+    outcome (one UPDATE). On PostgreSQL both run in autocommit: no BEGIN and no COMMIT, each
+    a round trip in which the turn's holder waits to take back the interpreter's lock."""
+    services = small_pool
+    row = start_generation(services, "Write an SOP for cleaning of the tablet press", "U1")
+    assert row.id is not None
+    touched: list[tuple[str, bool]] = []
+    postgres = services.engine.dialect.name == "postgresql"
+
+    def after(conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        if " generation " in f" {statement} ".replace("\n", " "):
+            dbapi = conn.connection.dbapi_connection
+            idle = postgres and dbapi.info.transaction_status == TransactionStatus.IDLE
+            touched.append((statement.split()[0].upper(), idle))
+
+    engines = {services.engine, services.write_engine or services.engine}  # SQLite's writer
+    for engine in engines:
+        event.listen(engine, "after_cursor_execute", after)
+    try:
+        assert run_generation(services, row.id).status == "completed"
+    finally:
+        for engine in engines:
+            event.remove(engine, "after_cursor_execute", after)
+    assert touched == [("UPDATE", postgres), ("UPDATE", postgres)]

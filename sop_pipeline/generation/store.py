@@ -124,19 +124,23 @@ def claim(
         and_(col(Generation.status) == "streaming", col(Generation.created_at) < stale_before),
     )
     shown_at = {"slack_thread_ts": reply.thread_ts, "slack_ts": reply.ts} if reply else {}
-    with services.draft_session(write=True) as session:
-        result = session.exec(
+    # One statement that returns the claimed row: on PostgreSQL one round trip in all.
+    with services.draft_session(write=True, one_statement=True) as session:
+        row = session.scalars(
             update(Generation)
             .where(col(Generation.id) == generation_id, claimable)
             .values(status="streaming", error=None, worker=current_worker(), **shown_at)
+            .returning(Generation),
             # a fresh session holds no rows to update in Python: skip the ORM's evaluation
-            .execution_options(synchronize_session=False)
-        )
-        row = session.get(Generation, generation_id)  # read in the same transaction: a read
-        session.commit()  # after COMMIT would queue for the writing connection once more
+            execution_options={"synchronize_session": False},
+        ).first()
+        won = row is not None
+        if not won:  # read before COMMIT: on SQLite a read after it would queue for the
+            row = session.get(Generation, generation_id)  # writing connection once more
+        session.commit()
         if row is None:
             raise LookupError(f"There is no SOP generation with id {generation_id}.")
-        return row, result.rowcount == 1
+        return row, won
 
 
 def findings_json(findings: list) -> list[dict]:
@@ -164,8 +168,9 @@ def _findings_from_json(items: list) -> list:
 def finish(services: Services, generation_id: int, outcome: dict,
            row: Generation | None = None) -> GenerationResult:
     """Store a run's outcome (column values) and build the result from the row. `row` is the
-    generation as its claim read it: the outcome is then written without reading it again."""
-    with services.draft_session(write=True) as session:
+    generation as its claim read it: the outcome is then written without reading it again,
+    in one statement."""
+    with services.draft_session(write=True, one_statement=row is not None) as session:
         if row is None:
             row = _store_outcome(session, generation_id, outcome)
         else:

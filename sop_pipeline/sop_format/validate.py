@@ -274,9 +274,10 @@ def _check_stray_subsections(section: Section, spec: SectionSpec) -> Iterator[Fi
 
 
 def _check_item_numbers(section: Section, name: str, template: Template) -> Iterator[Finding]:
-    """Within a section, numbered items must count up by one at each level: 5.3 then 5.5
-    is a gap, and so is 5.2.1 with no 5.2 before it; 5.3 twice is a duplicate; 4.1 under
-    5.0 is numbered for the wrong section. Nothing is renumbered: these are for the author."""
+    """Within a section, numbered items must count up by one at each level from 1: 5.3
+    then 5.5 is a gap, and so are 5.2 first and 5.2.1 with no 5.2 before it; 5.3 twice is
+    a duplicate; 4.1 under 5.0 is numbered for the wrong section. Nothing is renumbered:
+    these are for the author."""
     last: dict[tuple[int, ...], int] = {}
     seen: set[tuple[int, ...]] = set()
     orphaned: set[tuple[int, ...]] = set()  # parents reported missing, each once
@@ -298,11 +299,23 @@ def _check_item_numbers(section: Section, name: str, template: Template) -> Iter
             )
         elif len(prefix) >= 2 and prefix[0] == section.major and prefix not in seen | orphaned:
             orphaned.add(prefix)
+            if last.get(prefix[:-1], 0) + 1 == prefix[-1]:
+                # the finding asks for the missing step 5.2: 5.3 after it is no second one
+                last[prefix[:-1]] = prefix[-1]
             parent = ".".join(map(str, prefix))
             yield _error(
                 "numbering_gap",
                 f"In {name}, step {item.number} comes before any step {parent}. "
                 f"Add step {parent} or renumber the sub-steps.",
+                section.key,
+            )
+        elif len(prefix) >= 1 and prefix not in last and value > 1:
+            # "5.2" as the procedure's first step, "5.2.2" as the first under 5.2
+            first = ".".join(map(str, (*prefix, 1)))
+            yield _error(
+                "numbering_gap",
+                f"In {name}, step {item.number} comes first; there is no step {first}. "
+                f"Renumber the steps so none is skipped.",
                 section.key,
             )
         elif len(parts) == 1 and value == 1:

@@ -27,7 +27,7 @@ from sop_pipeline.sop_format import (
     validate,
 )
 from sop_pipeline.sop_format.documents import read_document
-from sop_pipeline.sop_format.parse import is_definition, split_marker_as_written
+from sop_pipeline.sop_format.entries import is_definition, split_marker_as_written
 from sop_pipeline.sop_format.text import split_lines
 from tests.conftest import DATA_DIR
 from tests.test_sop_format_render import pasted_sops

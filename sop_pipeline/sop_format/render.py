@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .entries import starts_entry
+from .headings import reads_as_heading
 from .model import SOP, Item, Section
-from .parse import parse, reads_as_heading, starts_entry
+from .parse import parse
 from .template import Template, load_template
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from .entries import split_definition
+from .headings import looks_like_heading
 from .model import SOP, Section
-from .parse import looks_like_heading, split_definition
 from .render import render_training_text
 from .template import SectionSpec, Template
 

@@ -519,7 +519,7 @@ def test_a_missing_template_file_is_a_template_error(tmp_path: Path) -> None:
 def test_the_quick_capitals_check_agrees_with_its_definition(word: str) -> None:
     """Words in capitals (for shouted phrases) are found without a loop per character for
     ASCII words; the answer is the definition's for every word."""
-    from sop_pipeline.sop_format.validate import _in_capitals
+    from sop_pipeline.sop_format.abbreviations import _in_capitals
 
     letters = [ch for ch in word if ch.isalpha()]
     assert _in_capitals(word) == (len(letters) >= 2 and all(ch.isupper() for ch in letters))

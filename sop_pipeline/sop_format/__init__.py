@@ -4,6 +4,7 @@ Slack-free on purpose, so the bot, the importers and the training pipeline share
 definition of what a well-formed SOP is.
 """
 
+from .findings import Finding, is_compliant, summarize
 from .model import SOP, Item, Section
 from .parse import parse
 from .render import (
@@ -15,7 +16,7 @@ from .render import (
     training_text,
 )
 from .template import SectionSpec, Template, TemplateError, load_template
-from .validate import Finding, is_compliant, summarize, validate
+from .validate import validate
 
 __all__ = [
     "SOP",

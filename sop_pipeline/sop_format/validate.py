@@ -6,45 +6,14 @@ straight into Slack threads for people who never see this code.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal
+from collections.abc import Callable, Iterator
 
-from .entries import split_definition
-from .headings import looks_like_heading
+from .abbreviations import check_abbreviations
+from .findings import Finding, error, plural, section_name, warning
 from .model import SOP, Section
 from .render import render_training_text
 from .template import SectionSpec, Template
-
-Severity = Literal["error", "warning"]
-
-_DEFINED_IN_PARENS = re.compile(r"\(([A-Z][A-Za-z0-9]{1,9})\)")
-# "Standard Operating Procedure (SOP)", "... (\"SOPs\")"; and "HVAC (Heating, Ventilation ...)".
-_LONG_THEN_SHORT = re.compile(
-    r"\(\s*[\"“']?(?P<short>[A-Z][A-Za-z0-9&/-]{0,8}?[A-Z0-9])s?[\"”']?\s*\)"
-)
-_SHORT_THEN_LONG = re.compile(
-    r"(?<![\w])(?P<short>[A-Z][A-Z0-9&/-]{0,8}[A-Z0-9])s?\s*\((?P<long>[^()]{3,200})\)"
-)
-# A section the template does not know but whose heading says it defines terms.
-_DEFINITIONS_HEADING = re.compile(
-    r"\b(?:abbreviations?|acronyms?|definitions?|glossary|terminology|nomenclature|terms)\b",
-    re.I,
-)
-_ROMAN = re.compile(r"^(?:X{0,3})(?:IX|IV|V?I{0,3})$")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem. `section` is the template key it concerns, when there is one."""
-
-    code: str
-    severity: Severity
-    message: str
-    section: str | None = None
 
 
 def validate(
@@ -63,59 +32,21 @@ def validate(
     findings += _check_section_numbers(sop, template)
     for section in sop.sections:
         findings += _check_section(section, template)
-    findings += _check_abbreviations(sop, template)
+    findings += check_abbreviations(sop, template)
     if max_tokens is not None and count_tokens is not None:
         findings += _check_tokens(sop, template, max_tokens, count_tokens)
     return findings
 
 
-def is_compliant(findings: Iterable[Finding]) -> bool:
-    """Compliant means no errors; warnings are advice."""
-    return not any(f.severity == "error" for f in findings)
-
-
-def summarize(findings: Iterable[Finding]) -> str:
-    """A short plain-text report: a verdict line, then one line per finding."""
-    findings = list(findings)
-    if not findings:
-        return "The SOP follows the house format."
-    errors = sum(1 for f in findings if f.severity == "error")
-    warnings = len(findings) - errors
-    verdict = "The SOP does not follow the house format" if errors else "The SOP is compliant"
-    counts = f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
-    lines = [f"{verdict} ({counts})."]
-    lines += [f"- [{f.severity}] {f.message}" for f in findings]
-    return "\n".join(lines)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _error(code: str, message: str, section: str | None = None) -> Finding:
-    return Finding(code, "error", message, section)
-
-
-def _warning(code: str, message: str, section: str | None = None) -> Finding:
-    return Finding(code, "warning", message, section)
-
-
-def _name(section: Section, template: Template) -> str:
-    """How the user wrote the section: "5.0 Procedure" or "References"."""
-    spec = template.spec(section.key)
-    heading = spec.heading if spec else section.heading
-    return f"{section.number} {heading}" if section.number else heading
-
-
 def _check_title(sop: SOP, template: Template) -> Iterator[Finding]:
     if template.title_required and not (sop.title or "").strip():
-        yield _error("missing_title", "The SOP has no title. Add a first line 'Title: ...'.")
+        yield error("missing_title", "The SOP has no title. Add a first line 'Title: ...'.")
 
 
 def _check_preamble(sop: SOP) -> Iterator[Finding]:
     for line in sop.preamble:
         short = line if len(line) <= 60 else line[:57] + "..."
-        yield _warning(
+        yield warning(
             "stray_text",
             f"The text '{short}' before the first section is not part of any section and is "
             "left out of the house format. Move it into a section or delete it.",
@@ -126,9 +57,9 @@ def _check_presence(sop: SOP, template: Template) -> Iterator[Finding]:
     counts = Counter(s.key for s in sop.sections if s.key)
     for index, spec in enumerate(template.sections):
         if counts[spec.key] == 0 and spec.required:
-            yield _error("missing_section", _missing_message(template, index), spec.key)
+            yield error("missing_section", _missing_message(template, index), spec.key)
         elif counts[spec.key] > 1:
-            yield _error(
+            yield error(
                 "duplicate_section",
                 f"Section {spec.label} appears {counts[spec.key]} times. "
                 "Merge them into one section.",
@@ -157,7 +88,7 @@ def _check_order(sop: SOP, template: Template) -> Iterator[Finding]:
     in_place = [spec for i, spec in enumerate(firsts) if i in keep]
     for i, spec in enumerate(firsts):
         if i not in keep:
-            yield _error("wrong_order", _order_message(spec, in_place, template), spec.key)
+            yield error("wrong_order", _order_message(spec, in_place, template), spec.key)
 
 
 def _longest_ordered_run(values: list[int]) -> set[int]:
@@ -201,7 +132,7 @@ def _check_section_numbers(sop: SOP, template: Template) -> Iterator[Finding]:
     for low, high in zip(majors, majors[1:], strict=False):
         if high > low + 1 and not set(range(low + 1, high)) <= missing:
             skipped = ", ".join(f"{n}.0" for n in range(low + 1, high))
-            yield _error(
+            yield error(
                 "numbering_gap",
                 f"Section numbers skip {skipped}: {by_major[low].number} is followed by "
                 f"{by_major[high].number}. Renumber the sections so they run 1.0, 2.0, 3.0 ... "
@@ -212,7 +143,7 @@ def _check_section_numbers(sop: SOP, template: Template) -> Iterator[Finding]:
 
 def _check_section(section: Section, template: Template) -> Iterator[Finding]:
     spec = template.spec(section.key)
-    name = _name(section, template)
+    name = section_name(section, template)
     if spec is None:
         shown = " ".join(part for part in (section.label, section.heading) if part)
         yield Finding(
@@ -222,7 +153,7 @@ def _check_section(section: Section, template: Template) -> Iterator[Finding]:
             "section, as written. Rename it to a standard heading or remove it.",
         )
     if _is_empty(section, template):
-        yield _error("empty_section", f"Section {name} is empty. Write its content.", section.key)
+        yield error("empty_section", f"Section {name} is empty. Write its content.", section.key)
     elif spec is not None and spec.key == template.steps_section:
         yield from _check_steps(section, spec, template)
     if spec is not None and spec.kind == "paragraph":
@@ -253,9 +184,9 @@ def count_steps(section: Section) -> int:
 def _check_steps(section: Section, spec: SectionSpec, template: Template) -> Iterator[Finding]:
     steps = count_steps(section)
     if steps < template.min_steps:
-        yield _error(
+        yield error(
             "too_few_steps",
-            f"Section {spec.label} has {_plural(steps, 'step')}; the house format "
+            f"Section {spec.label} has {plural(steps, 'step')}; the house format "
             f"needs at least {template.min_steps}. Write the procedure as steps "
             f"{spec.number}.1, {spec.number}.2, {spec.number}.3 ...",
             spec.key,
@@ -266,7 +197,7 @@ def _check_stray_subsections(section: Section, spec: SectionSpec) -> Iterator[Fi
     """Sub-numbers ("2.1") in a one-paragraph section; bullets there are fine."""
     numbered = [item for item in section.items if item.number and "." in item.number]
     if numbered:
-        yield _warning(
+        yield warning(
             "unexpected_subsections",
             f"Section {spec.label} should be a single paragraph but has numbered lines "
             f"({numbered[0].number} ...). Merge them into the section text.",
@@ -292,7 +223,7 @@ def _check_item_numbers(section: Section, name: str, template: Template) -> Iter
         expected = last.get(prefix, 0) + 1
         if value > expected and prefix in last:
             previous = ".".join(map(str, (*prefix, last[prefix])))
-            yield _error(
+            yield error(
                 "numbering_gap",
                 f"In {name}, step {item.number} follows {previous}. "
                 f"Renumber the steps so none is skipped.",
@@ -304,7 +235,7 @@ def _check_item_numbers(section: Section, name: str, template: Template) -> Iter
                 # the finding asks for the missing step 5.2: 5.3 after it is no second one
                 last[prefix[:-1]] = prefix[-1]
             parent = ".".join(map(str, prefix))
-            yield _error(
+            yield error(
                 "numbering_gap",
                 f"In {name}, step {item.number} comes before any step {parent}. "
                 f"Add step {parent} or renumber the sub-steps.",
@@ -313,7 +244,7 @@ def _check_item_numbers(section: Section, name: str, template: Template) -> Iter
         elif len(prefix) >= 1 and prefix not in last and value > 1:
             # "5.2" as the procedure's first step, "5.2.2" as the first under 5.2
             first = ".".join(map(str, (*prefix, 1)))
-            yield _error(
+            yield error(
                 "numbering_gap",
                 f"In {name}, step {item.number} comes first; there is no step {first}. "
                 f"Renumber the steps so none is skipped.",
@@ -337,7 +268,7 @@ def _check_item_numbers(section: Section, name: str, template: Template) -> Iter
         major = section.major
         if len(parts) > 1 and major is not None and parts[0] != major and not mismatch_reported:
             mismatch_reported = True
-            yield _warning(
+            yield warning(
                 "item_number_mismatch",
                 f"In {name}, item {item.number} is numbered as part of section {parts[0]}. "
                 f"Number it {major}.x.",
@@ -351,197 +282,6 @@ def _numeric_parts(number: str | None) -> tuple[int, ...] | None:
     return tuple(int(part) for part in number.split("."))
 
 
-def _check_abbreviations(sop: SOP, template: Template) -> Iterator[Finding]:
-    if template.abbreviations_section is None:
-        return
-    defined = _defined_abbreviations(sop, template)
-    target = template.label(template.abbreviations_section)
-    reported: set[str] = set()
-    for where, text in _body_texts(sop, template):
-        for token in _abbreviations_in(text, template):
-            if token in defined or token in reported:
-                continue
-            reported.add(token)
-            yield Finding(
-                "undefined_abbreviation",
-                template.undefined_abbreviation,
-                f"The abbreviation {token} is used in {where} but not defined. "
-                f"Add '{token}: <meaning>' to {target}.",
-                template.abbreviations_section,
-            )
-
-
-def _defined_abbreviations(sop: SOP, template: Template) -> set[str]:
-    """Terms a person would call defined: the entries of the abbreviations section and of any
-    definitions or glossary section ("IPA: ..." lines, "... (IPA)"), and anywhere in the SOP a
-    long form with its abbreviation in brackets, either way round, whose letters match."""
-    defined: set[str] = set()
-    for section in sop.sections:
-        if _defines_terms(section, template):
-            entries = [section.body, *(item.text for item in section.items)]
-        else:
-            entries = list(_glossary_entries(section))
-        for text in entries:
-            parts = split_definition(text)
-            if parts:
-                defined.add(parts[0].strip().upper())
-            defined.update(t.upper() for t in _DEFINED_IN_PARENS.findall(text))
-    for text in _all_texts(sop):
-        defined.update(_defined_in_passing(text))
-    return defined
-
-
-def _glossary_entries(section: Section) -> Iterator[str]:
-    """Definition lines under a sub-heading such as "### Document Type Abbreviations" inside
-    another section, up to the next sub-heading."""
-    inside = False
-    for item in section.items:
-        if looks_like_heading(item.text):
-            inside = _DEFINITIONS_HEADING.search(item.text) is not None
-        elif inside and split_definition(item.text):
-            yield item.text
-
-
-def _defines_terms(section: Section, template: Template) -> bool:
-    """The abbreviations section, or one headed like it ("Terms and Definitions", "7.0
-    Glossary") that the template does not know."""
-    if section.key == template.abbreviations_section:
-        return True
-    return section.key is None and _DEFINITIONS_HEADING.search(section.heading) is not None
-
-
-def _all_texts(sop: SOP) -> Iterator[str]:
-    if sop.title:
-        yield sop.title
-    yield from sop.preamble
-    for section in sop.sections:
-        yield section.body
-        yield from (item.text for item in section.items)
-
-
-def _defined_in_passing(text: str) -> Iterator[str]:
-    """ "Standard Operating Procedure (SOP)" and "HVAC (Heating, Ventilation and Air
-    Conditioning)": the abbreviation next to a long form in brackets, either way round."""
-    if "(" not in text:
-        return
-    for match in _LONG_THEN_SHORT.finditer(text):
-        short = match.group("short")
-        words = text[: match.start()].split()[-min(len(short) + 5, 2 * len(short)) :]
-        if _letters_match(short, " ".join(words)):
-            yield short.upper()
-    for match in _SHORT_THEN_LONG.finditer(text):
-        if _letters_match(match.group("short"), match.group("long")):
-            yield match.group("short").upper()
-
-
-def _letters_match(short: str, long: str) -> bool:
-    """Schwartz and Hearst's test (2003) that a long form can stand for a short one: every
-    letter and digit of the short form appears in the long form in the same order (read from
-    the end), and the first one starts a word ("Isopropyl Alcohol" for IPA, not "water" for
-    QA)."""
-    position = len(long) - 1
-    characters = [ch.casefold() for ch in short if ch.isalnum()]
-    for index in range(len(characters) - 1, -1, -1):
-        wanted = characters[index]
-        while position >= 0 and (
-            long[position].casefold() != wanted
-            or (index == 0 and position > 0 and long[position - 1].isalnum())
-        ):
-            position -= 1
-        if position < 0:
-            return False
-        position -= 1
-    return bool(characters) and len(long) > len(short)
-
-
-def _body_texts(sop: SOP, template: Template) -> Iterator[tuple[str, str]]:
-    if sop.title:
-        yield "the title", sop.title
-    for section in sop.sections:
-        if _defines_terms(section, template):
-            continue  # its meanings are definitions, not uses
-        name = _name(section, template)
-        yield name, section.body
-        for item in section.items:
-            yield name, item.text
-
-
-def _abbreviations_in(text: str, template: Template) -> Iterator[str]:
-    """All-caps tokens that need a definition. Skipped: words in the template's ignore list,
-    roman numerals, ordinary words in capitals ("AUTO", "STABLE"), document codes
-    ("QC/PH/01", "PHE-2") and shouted phrases such as "UNDER CLEANING" or an all-caps title.
-    Capitals mixed with digits in one token ("CO2", "H2O2") are candidates too."""
-    low, high = template.abbreviation_min_length, template.abbreviation_max_length
-    pattern = _abbreviation_pattern(low, high)
-    words = text.split()
-    shouted = _shouted_words(words, high)
-    for index, word in enumerate(words):
-        if index in shouted or word == word.lower():  # no capital: nothing to define
-            continue
-        if any(ch.isdigit() for ch in word):
-            mixed = _MIXED_WITH_DIGITS.fullmatch(word.strip(_PUNCTUATION))
-            if (
-                mixed
-                and sum(ch.isalpha() for ch in mixed.group(1)) >= 2
-                and mixed.group(1) not in template.abbreviation_ignore
-            ):
-                yield mixed.group(1)
-            continue
-        for match in pattern.finditer(word):
-            token = match.group(1)
-            if token in template.abbreviation_ignore or token.casefold() in ordinary_words():
-                continue
-            if template.ignore_roman_numerals and _ROMAN.match(token):
-                continue
-            yield token
-
-
-_PUNCTUATION = ".,;:!?()[]{}'\"’“”"
-# A chemical-formula-like token: capitals and digits, starting with a capital ("CO2").
-_MIXED_WITH_DIGITS = re.compile(r"((?:[A-Z]{1,2}\d{1,2}){1,3}[A-Z]?)s?")
-
-
-@lru_cache(maxsize=1)
-def ordinary_words() -> frozenset[str]:
-    """Words that are ordinary English even in capitals (see ordinary_words.txt)."""
-    from importlib import resources
-
-    raw = (resources.files("sop_pipeline.sop_format") / "ordinary_words.txt").read_text("utf-8")
-    words = (line.split("#", 1)[0] for line in raw.splitlines())
-    return frozenset(word.casefold() for line in words for word in line.split())
-
-
-def _shouted_words(words: list[str], max_length: int) -> set[int]:
-    """Indexes of words in runs of capitals that read as emphasis: three or more words, or
-    two or more with one longer than any abbreviation."""
-    shouted: set[int] = set()
-    run: list[int] = []
-    for index, word in enumerate([*words, ""]):
-        if _in_capitals(word):
-            run.append(index)
-            continue
-        if not run:
-            continue
-        longest = max((sum(ch.isalpha() for ch in words[i]) for i in run), default=0)
-        if len(run) >= 3 or (len(run) >= 2 and longest > max_length):
-            shouted.update(run)
-        run = []
-    return shouted
-
-
-def _in_capitals(word: str) -> bool:
-    """Two or more letters, every one a capital."""
-    if word.isascii() and word != word.upper():  # most words: a small letter, found in C
-        return False
-    letters = [ch for ch in word if ch.isalpha()]
-    return len(letters) >= 2 and all(ch.isupper() for ch in letters)
-
-
-@lru_cache(maxsize=8)
-def _abbreviation_pattern(low: int, high: int) -> re.Pattern[str]:
-    """All-caps words of low..high letters, a plural "s" allowed ("SOPs"), not glued to
-    digits or letters (so "SS316" and "pH" are not abbreviations)."""
-    return re.compile(rf"(?<![\w])([A-Z]{{{low},{high}}})s?(?![\w])")
 
 
 def _check_tokens(
@@ -549,7 +289,7 @@ def _check_tokens(
 ) -> Iterator[Finding]:
     tokens = count_tokens(render_training_text(sop, template))
     if tokens > max_tokens:
-        yield _error(
+        yield error(
             "over_token_limit",
             f"The SOP is {tokens} tokens long in the house format; the limit is {max_tokens}. "
             "Shorten it or split it into separate SOPs.",

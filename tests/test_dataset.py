@@ -13,17 +13,19 @@ from sop_pipeline.dataset import (
     FORMAT_ERROR_KEYS,
     DatasetError,
     check_dataset,
-    create_snapshot,
     estimate_epochs,
-    export_dataset,
-    materialise,
-    snapshot_bytes,
-    snapshot_summary,
     split_examples,
 )
 from sop_pipeline.examples import eval_holdout_ids, retract_example
 from sop_pipeline.models import DatasetSnapshot, TrainingExample
 from sop_pipeline.services import Services, build_services
+from sop_pipeline.snapshots import (
+    create_snapshot,
+    export_dataset,
+    materialise,
+    snapshot_bytes,
+    snapshot_summary,
+)
 from sop_pipeline.tokens import count_assistant_tokens, count_chat_tokens, count_tokens
 from tests.conftest import DATA_DIR, make_settings
 from tests.test_examples import approve_many

@@ -9,7 +9,6 @@ import pytest
 from sqlmodel import select
 
 from sop_pipeline import audit, db
-from sop_pipeline.dataset import create_snapshot
 from sop_pipeline.examples import (
     ApprovalStatus,
     approve_sop,
@@ -23,6 +22,7 @@ from sop_pipeline.examples import (
 )
 from sop_pipeline.models import RunState, TrainingExample, TrainingRun
 from sop_pipeline.services import Services, build_services
+from sop_pipeline.snapshots import create_snapshot
 from tests.conftest import make_settings
 
 EQUIPMENT = [

@@ -9,7 +9,7 @@ import docx
 import pytest
 
 from sop_pipeline import audit, db
-from sop_pipeline.dataset import check_dataset, create_snapshot, snapshot_bytes
+from sop_pipeline.dataset import check_dataset
 from sop_pipeline.examples import default_prompt, list_examples
 from sop_pipeline.importer import (
     SopFileError,
@@ -18,6 +18,7 @@ from sop_pipeline.importer import (
     read_sop_file,
 )
 from sop_pipeline.services import Services
+from sop_pipeline.snapshots import create_snapshot, snapshot_bytes
 from tests.conftest import DATA_DIR
 
 SOPS = DATA_DIR / "sops"

@@ -16,7 +16,6 @@ import pytest
 from sqlmodel import select
 
 from sop_pipeline import audit
-from sop_pipeline.dataset import snapshot_bytes
 from sop_pipeline.examples import ApprovalStatus, approve_sop
 from sop_pipeline.models import (
     DatasetSnapshot,
@@ -26,6 +25,7 @@ from sop_pipeline.models import (
     TrainingRun,
 )
 from sop_pipeline.services import Services
+from sop_pipeline.snapshots import snapshot_bytes
 from sop_pipeline.training import scheduler
 from tests.fakes.slack_fake import BotFactory, user_reacts
 from tests.test_training_helpers import (

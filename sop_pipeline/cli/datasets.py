@@ -31,7 +31,8 @@ def export_command(
     ),
 ) -> None:
     """Snapshot the approved examples and write them as fine-tuning JSONL."""
-    from sop_pipeline.dataset import DatasetError, export_dataset, snapshot_summary
+    from sop_pipeline.dataset import DatasetError
+    from sop_pipeline.snapshots import export_dataset, snapshot_summary
 
     for target in (out, validation_out):
         if target is not None and target.is_dir():

@@ -98,8 +98,8 @@ def _failure(run: TrainingRun) -> str:
 
 def run_message(services, run_id: int) -> RunMessage | None:  # noqa: ANN001 - Services
     """What admins should see about run `run_id` now (None for an unknown run)."""
-    from sop_pipeline.dataset import snapshot_summary
     from sop_pipeline.models import DatasetSnapshot, TrainingRun
+    from sop_pipeline.snapshots import snapshot_summary
     from sop_pipeline.training.runs import latest_metrics
 
     with services.session() as session:

@@ -133,7 +133,8 @@ def start_run(
     runs at once: the insert of the second one fails and it reports the active run instead.
     Nothing is sent to the provider here; `advance` does that.
     """
-    from sop_pipeline.dataset import DatasetError, create_snapshot, snapshot_summary
+    from sop_pipeline.dataset import DatasetError
+    from sop_pipeline.snapshots import create_snapshot, snapshot_summary
 
     settings = services.settings
     with services.session() as session:

@@ -142,7 +142,8 @@ def _record_backoff(services, run: TrainingRun, exc: BackendError) -> None:  # n
 def _prepare(step: _Step, run: TrainingRun) -> bool:
     with step.services.session() as session:  # type: ignore[attr-defined]
         snapshot = _snapshot(session, run)
-    from sop_pipeline.dataset import DatasetError, snapshot_bytes
+    from sop_pipeline.dataset import DatasetError
+    from sop_pipeline.snapshots import snapshot_bytes
 
     try:
         snapshot_bytes(snapshot)  # lost only if its files were gone before 0002_llm
@@ -156,7 +157,7 @@ def _prepare(step: _Step, run: TrainingRun) -> bool:
 def _upload(step: _Step, run: TrainingRun) -> bool:
     with step.services.session() as session:  # type: ignore[attr-defined]
         snapshot = _snapshot(session, run)
-    from sop_pipeline.dataset import materialise
+    from sop_pipeline.snapshots import materialise
 
     # the bytes live in the database; this instance writes its own local copy to upload
     train_path, validation_path = materialise(snapshot, step.settings.snapshots_dir)

@@ -413,6 +413,27 @@ def test_table_cells_left_by_cleaning_read_the_same_again() -> None:
     assert training_text(training_text(inline)) == training_text(inline)
 
 
+def test_layouts_of_real_documents_read_back_as_themselves() -> None:
+    """Found with real SOPs (tests/data/real_sops and a sample QMS): each training text read
+    again is the same text, and no word or "#" is lost on the way."""
+    records = (  # "## 7. References" after a list: written "7. References:" it was the list's
+        "Title: T\n5.0 Procedure:\n5.1 Build.\n## 6. Records\n- Build logs\n"  # next line
+        "## 7. References\n- ISO 13485\n")
+    storage = (  # "### ALLOWED" under "## Fridges": written "ALLOWED", it read as a section
+        "Title: T\n## RESPONSIBILITY\nStaff.\n## Fridges\n### ALLOWED\n- Dairy\n"
+        "### NOT ALLOWED\n- Raw meat\n")
+    language = "Title: T\n1.0 Objective: a\n## Notes: written in C#\n## Tools ##\n- b\n"
+    for text in (records, storage, language):
+        training = training_text(text)
+        assert training_text(training) == training, text
+    assert [s.heading for s in parse(records).sections] == ["Procedure", "Records", "References"]
+    assert [s.heading for s in parse(storage).sections] == ["RESPONSIBILITY", "Fridges"]
+    fridges = parse(storage).sections[1]
+    assert [i.text for i in fridges.items] == ["ALLOWED", "Dairy", "NOT ALLOWED", "Raw meat"]
+    assert "## Notes: written in C# #" in training_text(language)  # the closing "#" is markup
+    assert [s.heading for s in parse(language).sections] == ["Objective", "Notes", "Tools"]
+
+
 def test_an_empty_table_cell_keeps_every_other_cell_in_its_column() -> None:
     """ "| Operator | | QA |" read as "Operator | QA" moved QA under the wrong column heading;
     the empty cell stays, and a row that starts with one keeps its outer pipes."""

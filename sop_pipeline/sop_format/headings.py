@@ -104,11 +104,24 @@ def match_heading(line: Line, template: Template, context: Context) -> Heading |
         return _match_unknown_numbered(line, number_match, number, label, rest, context)
     if line.hashes and (context.section_hashes or line.hashes <= 2):
         return _unknown(None, None, rest, allow_bare=True)
-    if _looks_like_heading(rest) == "caps" and len(rest.split()) <= 4 and rest[-1:].isalpha():
+    if (
+        not context.section_hashes  # under "## Fridges", a bare "ALLOWED" is its "### ALLOWED"
+        and _looks_like_heading(rest) == "caps"
+        and len(rest.split()) <= 4
+        and rest[-1:].isalpha()
+    ):
         return _unknown(None, None, rest, allow_bare=True)  # "REFERENCES" on a line of its own
     if line.marked and not context.in_items:
         return _unknown(None, None, rest, allow_bare=True)
     return None
+
+
+def numbered_heading_stands(label: str, heading: str) -> bool:
+    """Whether "label heading:" on a plain line reads as a heading even after a section's
+    list: "5.0" and "Section 5" always do, and so does "7. DISTRIBUTION" in capitals; a
+    plain "7. References" there may be the list's next entry."""
+    match = _SECTION_NUMBER.match(label)
+    return match is not None and (_strong(match) or _looks_like_heading(heading) == "caps")
 
 
 def _strong(number_match: re.Match[str]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .entries import starts_entry
-from .headings import reads_as_heading
+from .headings import numbered_heading_stands, reads_as_heading
 from .model import SOP, Item, Section
 from .parse import parse
 from .template import Template, load_template
@@ -31,13 +31,21 @@ def render_training_text(sop: SOP, template: Template | None = None) -> str:
         spec = template.spec(section.key)
         known_yet = known_yet or spec is not None
         head = _with_colon(_heading(section))
-        if spec is None and (not section.label or not known_yet):
-            # Without a number, or before the first house section, only the Markdown mark
-            # keeps it a heading ("## Summary:", "## 1. General Considerations:").
+        if spec is None and (
+            not section.label
+            or not known_yet
+            or not numbered_heading_stands(section.label, section.heading)
+        ):
+            # Without a number, before the first house section, or numbered like a step
+            # ("6. Records:" after a list), only the Markdown mark keeps it a heading
+            # ("## Summary:", "## 1. General Considerations:", "## 7. References:").
             head = f"## {head}"
         elif spec is not None and not reads_as_heading(section.heading, template):
             head = f"## {head}"  # "## Process Steps:", as it was marked in the source
-        lines = [f"{head} {section.body}" if section.body else head]
+        first = f"{head} {section.body}" if section.body else head
+        if head.startswith("## ") and first.endswith("#"):
+            first += " #"  # a closing mark, so that "0 #" or "C#" at the end keeps its "#"
+        lines = [first]
         kind = spec.kind if spec else "items"
         for index, item in enumerate(section.items):
             if item.marker or index == 0 or starts_entry(item.text, kind):

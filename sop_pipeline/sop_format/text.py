@@ -195,6 +195,8 @@ def _whole_bold(text: str) -> bool:
     return match is not None and match.group(1) not in match.group(2)
 
 
+# A Markdown heading's optional closing "#"s come after a space: "## Notes: use C#" keeps "C#".
+_CLOSING_HASHES = re.compile(r"(?:^|\s)#+\s*$")
 _TABLE_SEPARATOR = re.compile(r"\s*\|\s*")
 _EMPTY_CELL = re.compile(r"\|\s+(?=\|)")
 
@@ -240,7 +242,7 @@ def _clean_line(raw: str) -> Line | None:
         heading = _MD_HEADING.match(text)
         if heading:
             hashes = hashes or len(heading.group().strip())
-            text = text[heading.end() :].rstrip("#").strip()
+            text = _CLOSING_HASHES.sub("", text[heading.end() :]).strip()
             marked = True
         if _whole_bold(text):
             marked = True

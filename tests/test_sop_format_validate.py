@@ -155,6 +155,19 @@ def test_steps_that_do_not_start_at_one_are_a_numbering_gap(
         f"In 5.0 Procedure, {message} Renumber the steps so none is skipped."]
 
 
+def test_text_before_the_first_section_is_one_finding_however_many_lines() -> None:
+    """A document's front matter or a table above its first heading is many lines; one
+    warning per line buried the findings that followed."""
+    front = "---\nid: SOP-014\nstatus: approved\nauthor: qa@example.com\n---\n"
+    findings = [f for f in findings_for(front + COMPLETE) if f.code == "stray_text"]
+    assert [(f.severity, f.message) for f in findings] == [(
+        "warning",
+        "3 lines before the first section ('id: SOP-014', 'status: approved', ...) are not "
+        "part of any section and are left out of the house format. Move them into a section "
+        "or delete them.",
+    )]
+
+
 def test_a_duplicated_step_number_is_a_warning_and_nothing_is_renumbered() -> None:
     text = COMPLETE.replace("5.3 Wash", "5.2 Wash")
     findings = findings_for(text)

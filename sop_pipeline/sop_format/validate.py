@@ -44,12 +44,22 @@ def _check_title(sop: SOP, template: Template) -> Iterator[Finding]:
 
 
 def _check_preamble(sop: SOP) -> Iterator[Finding]:
-    for line in sop.preamble:
-        short = line if len(line) <= 60 else line[:57] + "..."
+    """One finding for all the text before the first section (a document's front matter or
+    a table there is many lines, and one warning per line buried the findings after it)."""
+    shown = [line if len(line) <= 60 else line[:57] + "..." for line in sop.preamble[:2]]
+    if len(sop.preamble) == 1:
         yield warning(
             "stray_text",
-            f"The text '{short}' before the first section is not part of any section and is "
-            "left out of the house format. Move it into a section or delete it.",
+            f"The text '{shown[0]}' before the first section is not part of any section and "
+            "is left out of the house format. Move it into a section or delete it.",
+        )
+    elif sop.preamble:
+        quoted = ", ".join(f"'{line}'" for line in shown)
+        yield warning(
+            "stray_text",
+            f"{len(sop.preamble)} lines before the first section ({quoted}, ...) are not part "
+            "of any section and are left out of the house format. Move them into a section "
+            "or delete them.",
         )
 
 

@@ -28,6 +28,7 @@ from sop_pipeline.sop_format import (
 )
 from sop_pipeline.sop_format.documents import read_document
 from sop_pipeline.sop_format.entries import is_definition, split_marker_as_written
+from sop_pipeline.sop_format.headings import reads_as_heading
 from sop_pipeline.sop_format.text import split_lines
 from tests.conftest import DATA_DIR
 from tests.test_sop_format_render import pasted_sops
@@ -212,10 +213,13 @@ def test_every_definition_style_defines_the_term(line: str) -> None:
 def rewrap(text: str, width: int) -> str:
     """Hard-wrap every line at `width` columns, as Word or a PDF copy does. A continuation
     line never starts with something that reads as a new entry (a number, a bullet, a
-    definition): a person reading such a line could not tell it either. Titles stay whole."""
+    definition): a person reading such a line could not tell it either. Titles, table rows
+    and a line in bold ("**Eggs in the staff fridge only**") stay whole: cut, the bold's
+    first half would read as the end of the list item above it."""
     out: list[str] = []
     for line in text.split("\n"):
-        if len(line) <= width or line.startswith(("Title:", "|")):
+        bold = line.startswith("**") and line.rstrip().endswith("**")
+        if len(line) <= width or bold or line.startswith(("Title:", "|")):
             out.append(line)
             continue
         chunks = textwrap.wrap(line, width, break_on_hyphens=False, break_long_words=False)
@@ -235,6 +239,8 @@ def _safe_continuation(chunk: str) -> bool:
         first[:1].islower()
         and split_marker_as_written(chunk)[0] is None
         and not is_definition(chunk)
+        # "steps:" (a name of the Procedure) at a line start reads as that heading
+        and not reads_as_heading(first.rstrip(":"), TEMPLATE)
     )
 
 

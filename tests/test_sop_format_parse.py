@@ -423,7 +423,8 @@ def test_layouts_of_real_documents_read_back_as_themselves() -> None:
         "Title: T\n## RESPONSIBILITY\nStaff.\n## Fridges\n### ALLOWED\n- Dairy\n"
         "### NOT ALLOWED\n- Raw meat\n")
     language = "Title: T\n1.0 Objective: a\n## Notes: written in C#\n## Tools ##\n- b\n"
-    for text in (records, storage, language):
+    house = storage.replace("## Fridges", "## Procedure")  # written "## Procedure:", so that
+    for text in (records, storage, language, house):  # its "ALLOWED" stays one of its lines
         training = training_text(text)
         assert training_text(training) == training, text
     assert [s.heading for s in parse(records).sections] == ["Procedure", "Records", "References"]
@@ -431,6 +432,8 @@ def test_layouts_of_real_documents_read_back_as_themselves() -> None:
     fridges = parse(storage).sections[1]
     assert [i.text for i in fridges.items] == ["ALLOWED", "Dairy", "NOT ALLOWED", "Raw meat"]
     assert "## Notes: written in C# #" in training_text(language)  # the closing "#" is markup
+    assert "\n## Procedure:\nALLOWED\n- Dairy\n\nNOT ALLOWED\n" in training_text(house)
+    assert steps(parse(training_text(house))) == ["ALLOWED", "Dairy", "NOT ALLOWED", "Raw meat"]
     assert [s.heading for s in parse(language).sections] == ["Objective", "Notes", "Tools"]
 
 

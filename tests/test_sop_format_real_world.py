@@ -197,6 +197,7 @@ HEADING_MAP = {
     "Training": "Responsibility",
     "## Autoclaving Items": "## Procedure",
     "## RESPONSIBILITY": "## 3.0 Responsibility",
+    "## Fridges": "## Procedure",  # its "### ALLOWED" under a house section
 }
 
 

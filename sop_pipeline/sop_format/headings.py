@@ -104,16 +104,18 @@ def match_heading(line: Line, template: Template, context: Context) -> Heading |
         return _match_unknown_numbered(line, number_match, number, label, rest, context)
     if line.hashes and (context.section_hashes or line.hashes <= 2):
         return _unknown(None, None, rest, allow_bare=True)
-    if (
-        not context.section_hashes  # under "## Fridges", a bare "ALLOWED" is its "### ALLOWED"
-        and _looks_like_heading(rest) == "caps"
-        and len(rest.split()) <= 4
-        and rest[-1:].isalpha()
-    ):
-        return _unknown(None, None, rest, allow_bare=True)  # "REFERENCES" on a line of its own
+    # "REFERENCES" on a line of its own; under "## Fridges", a bare "ALLOWED" is its "### ALLOWED"
+    if not context.section_hashes and reads_as_caps_heading(rest):
+        return _unknown(None, None, rest, allow_bare=True)
     if line.marked and not context.in_items:
         return _unknown(None, None, rest, allow_bare=True)
     return None
+
+
+def reads_as_caps_heading(text: str) -> bool:
+    """ "REFERENCES" or "NOT ALLOWED" on a plain line of its own, under a section whose
+    heading has no Markdown mark, reads as a section heading."""
+    return _looks_like_heading(text) == "caps" and len(text.split()) <= 4 and text[-1:].isalpha()
 
 
 def numbered_heading_stands(label: str, heading: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .entries import starts_entry
-from .headings import numbered_heading_stands, reads_as_heading
+from .headings import numbered_heading_stands, reads_as_caps_heading, reads_as_heading
 from .model import SOP, Item, Section
 from .parse import parse
 from .template import Template, load_template
@@ -42,6 +42,10 @@ def render_training_text(sop: SOP, template: Template | None = None) -> str:
             head = f"## {head}"
         elif spec is not None and not reads_as_heading(section.heading, template):
             head = f"## {head}"  # "## Process Steps:", as it was marked in the source
+        elif any(not item.marker and reads_as_caps_heading(item.text) for item in section.items):
+            # "### ALLOWED" under "## Procedure" is written "ALLOWED": under a marked heading
+            # it stays a line of the section, under "Procedure:" it would be a section
+            head = f"## {head}"
         first = f"{head} {section.body}" if section.body else head
         if head.startswith("## ") and first.endswith("#"):
             first += " #"  # a closing mark, so that "0 #" or "C#" at the end keeps its "#"

@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(10.0, gt=0)
     # Drafts using the database at once; the rest wait their turn (a draft holds one for a
     # transaction of milliseconds, never while the provider answers)
-    db_draft_connections: int = Field(8, ge=1, le=256)
+    db_draft_connections: int = Field(4, ge=1, le=256)
 
     # --- fine-tuning backends: open weights and Azure deployments --------------------------
     local_max_seq_tokens: int = Field(4096, ge=128)

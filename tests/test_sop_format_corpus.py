@@ -28,7 +28,6 @@ from sop_pipeline.sop_format import (
 )
 from sop_pipeline.sop_format.documents import read_document
 from sop_pipeline.sop_format.entries import is_definition, split_marker_as_written
-from sop_pipeline.sop_format.headings import reads_as_heading
 from sop_pipeline.sop_format.text import split_lines
 from tests.conftest import DATA_DIR
 from tests.test_sop_format_render import pasted_sops
@@ -239,8 +238,6 @@ def _safe_continuation(chunk: str) -> bool:
         first[:1].islower()
         and split_marker_as_written(chunk)[0] is None
         and not is_definition(chunk)
-        # "steps:" (a name of the Procedure) at a line start reads as that heading
-        and not reads_as_heading(first.rstrip(":"), TEMPLATE)
     )
 
 

@@ -172,6 +172,25 @@ def test_numbered_steps_with_colons_inside_a_procedure_stay_steps() -> None:
     ]
 
 
+def test_a_wrapped_line_starting_with_a_heading_name_in_small_letters_is_the_line_above() -> None:
+    """Hard-wrapped at 80 columns, "... the operator has full" / "responsibility: for the
+    record." is one sentence. Read as a second Responsibility section, it gave the approver a
+    duplicate-section error and a Scope out of order, and the model learnt two sections."""
+    text = ("Title: T\n1.0 Objective:\nTo describe the cleaning so that the operator has full\n"
+            "responsibility: for the cleaning record.\n2.0 Scope: Press TP-01.\n"
+            "3.0 Responsibility: Operator.\n")
+    sop = parse(text)
+    assert keys(sop) == ["objective", "scope", "responsibility"]
+    assert sop.sections[0].body == ("To describe the cleaning so that the operator has full "
+                                    "responsibility: for the cleaning record.")
+    assert training_text(training_text(text)) == training_text(text)
+    # After a blank line, or numbered, or in capitals, it is the heading it names.
+    for heading in ("\nresponsibility: Operator.", "3.0 responsibility: Operator.",
+                    "Responsibility: Operator."):
+        assert keys(parse(f"Title: T\n1.0 Objective:\nTo describe.\n{heading}\n")) == [
+            "objective", "responsibility"], heading
+
+
 def test_markdown_subheadings_inside_a_section_are_content() -> None:
     sop = parse("# T\n## Procedure\n### Hopper\n1. clean it\n### Turret\n2. wipe it\n")
     assert keys(sop) == ["procedure"]

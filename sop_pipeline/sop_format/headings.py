@@ -75,6 +75,9 @@ def match_heading(line: Line, template: Template, context: Context) -> Heading |
     known = _match_known(rest, template, loose)
     if known is not None:
         spec, heading, body, separated = known
+        if context.has_section and not (line.gap or line.marked or number_match) \
+                and heading[:1].islower():
+            return None  # "... the operator has full\nresponsibility: for ..." is a wrapped line
         if context.section_hashes and not line.marked and rest[len(heading) :].lstrip()[:1] == "|":
             return None  # under "##" headings, "Abbreviation | Description" is a table row
         if spec.key in context.seen and not line.marked and _continues_list(number_match, context):
